@@ -1,0 +1,137 @@
+"""Builds the ASGI application (`service.app:app`) and owns its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from starlette.applications import Starlette
+
+from service import api, events, pages
+from service.bootstrap import mark_fresh_start, token_secret
+from service.bus import Bus
+from service.connection import connect_redis
+from service.counter import Counter
+from service.keys import Keys
+from service.logs import configure_logging
+from service.loops import Loop
+from service.presence import Presence
+from service.settings import Settings
+from service.store import Store
+from service.ticker import Ticker
+from service.tokens import Player, TokenSigner
+
+log = logging.getLogger("service")
+
+
+class Runtime:
+    """Everything one running instance holds. The lifespan fills it and empties it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        origins: Any = list(settings.allowed_origins) or None
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            # Websocket only: any instance can serve any connection, so the load
+            # balancer needs no sticky sessions (polling would need them).
+            transports=["websocket"],
+            max_http_buffer_size=settings.max_body_bytes,
+            cors_allowed_origins=origins,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.players: dict[str, Player] = {}
+        self.draining = False
+        # Set by the lifespan:
+        self.counter: Counter
+        self.signer: TokenSigner
+        self.presence: Presence
+        self.ticker: Ticker
+        self.bus: Bus
+        self.loops: list[Loop] = []
+
+    async def deliver(self, event: str, data: Any, room: str | None) -> None:
+        """Send an event to this instance's clients (all of them, or one room)."""
+        await self.sio.emit(event, data, to=room)
+
+    async def broadcast_state(self, body: dict[str, Any]) -> None:
+        await self.sio.emit("state", body)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Open Redis, load the secret, start the loops; undo it all in reverse on shutdown."""
+    runtime: Runtime = app.state.runtime
+    settings = runtime.settings
+    configure_logging(settings.log_level, settings.log_format, instance=runtime.instance_id)
+    async with contextlib.AsyncExitStack() as stack:
+        redis = connect_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        runtime.counter = counter = Counter(redis, runtime.keys)
+        store = Store(settings.database_url)
+        runtime.signer = TokenSigner(await token_secret(settings, counter, store))
+        await mark_fresh_start(counter, store)
+
+        runtime.presence = Presence(counter, runtime.instance_id, settings.presence_ttl_s)
+        runtime.ticker = Ticker(counter, settings.broadcast_interval_ms, runtime.broadcast_state)
+        runtime.bus = Bus(redis, runtime.keys.events, runtime.instance_id, runtime.deliver)
+        runtime.loops = [
+            Loop("presence", runtime.presence.step, first_backoff_s=0.5, max_backoff_s=5),
+            Loop("ticker", runtime.ticker.step, first_backoff_s=0.2, max_backoff_s=2),
+            # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
+            Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10),
+        ]
+        for loop in runtime.loops:
+            loop.start()
+            stack.push_async_callback(loop.stop)
+        stack.push_async_callback(_leave, runtime)
+        log.info(
+            "instance %s serving (tick %d ms, Redis %s)",
+            runtime.instance_id,
+            settings.broadcast_interval_ms,
+            _redacted(settings.redis_url),
+        )
+        yield
+        runtime.draining = True
+        log.info("instance %s shutting down", runtime.instance_id)
+
+
+async def _leave(runtime: Runtime) -> None:
+    """Drop our presence at once instead of waiting for the heartbeat to expire."""
+    with contextlib.suppress(Exception):
+        await runtime.presence.leave()
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
+    """The Socket.IO server at /socket.io, with the HTTP API and pages behind it."""
+    settings = settings or Settings.from_environ()
+    runtime = Runtime(settings)
+    http = Starlette(
+        routes=[*api.routes(), *pages.routes()],
+        exception_handlers=api.exception_handlers(),
+        lifespan=lifespan,
+    )
+    http.state.runtime = runtime
+    events.register(runtime)
+    # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
+    asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
+    asgi.runtime = runtime
+    return asgi
+
+
+app = create_app()

@@ -1,0 +1,97 @@
+"""Cross-instance events over Redis pub/sub, with a listener that proves it is alive.
+
+An event is delivered to this instance's clients first, then published; every
+listener skips its own messages (the python-socketio pattern). Each instance
+also publishes a ping and expects to hear it back: a listener that is
+subscribed but deaf shows as down in /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service import metrics
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, Any, str | None], Awaitable[None]]
+
+
+class Bus:
+    """Publish an event to every instance; hand the ones from other instances to `deliver`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        host_id: str,
+        deliver: Deliver,
+        *,
+        ping_interval_s: float = 2.0,
+    ) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.host_id = host_id
+        self.deliver = deliver
+        self.ping_interval_s = ping_interval_s
+        self.subscribed = False
+        self.last_echo = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        """Subscribed, and our own ping came back recently."""
+        fresh = time.monotonic() - self.last_echo < 3 * self.ping_interval_s
+        return self.subscribed and fresh
+
+    async def publish(self, event: str, data: Any, room: str | None = None) -> None:
+        """Deliver locally, then to the other instances."""
+        await self.deliver(event, data, room)
+        message = {"host": self.host_id, "event": event, "data": data, "room": room}
+        await self.redis.publish(self.channel, json.dumps(message, separators=(",", ":")))
+
+    async def listen(self) -> None:
+        """Subscribe and dispatch until the connection fails; the caller's Loop retries."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self.subscribed = True
+            metrics.PUBSUB_RECONNECTS.inc()
+            log.info("subscribed to %s", self.channel)
+            next_ping = 0.0
+            while True:
+                now = time.monotonic()
+                if now >= next_ping:
+                    ping = {"host": self.host_id, "ping": now}
+                    await self.redis.publish(self.channel, json.dumps(ping))
+                    next_ping = now + self.ping_interval_s
+                message = await pubsub.get_message(timeout=self.ping_interval_s / 4)
+                if message is not None:
+                    await self._dispatch(message["data"])
+                metrics.PUBSUB_UP.set(1 if self.healthy else 0)
+        finally:
+            self.subscribed = False
+            metrics.PUBSUB_UP.set(0)
+            try:
+                await asyncio.shield(pubsub.aclose())
+            except Exception:  # the connection is already broken; nothing to close cleanly
+                pass
+
+    async def _dispatch(self, raw: bytes | str) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            log.warning("ignored a malformed message on %s", self.channel)
+            return
+        if message.get("host") == self.host_id:
+            if "ping" in message:
+                self.last_echo = time.monotonic()
+            return
+        if "event" in message:
+            await self.deliver(message["event"], message.get("data"), message.get("room"))

@@ -1,0 +1,299 @@
+"""The Redis data model: the only module that knows the keys and runs the Lua scripts."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from service.errors import ApiError, invalid_token, restoring
+from service.keys import Keys
+from service.tokens import Player
+from service.validation import WINDOWS
+
+RATE_WINDOW_MS = 1000
+TOP_N = 10
+
+
+def load_script(redis: Redis, name: str) -> AsyncScript:
+    """Register a Lua script from service/lua; redis-py reloads it after a Redis restart."""
+    source = resources.files("service").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return redis.register_script(source)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
+    """[name, score, name, score, ...] from WITHSCORES into (name, int count) pairs."""
+    return [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
+@dataclass(frozen=True)
+class ClickResult:
+    user: int
+    global_count: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class AdminResult:
+    username: str
+    global_count: int
+    nonce: str | None
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class State:
+    """One instant of the whole counter, as a tick shows it."""
+
+    global_count: int
+    users: int
+    clicks_total: int
+    online: int
+    restored: bool
+    server_ms: int
+    top: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    rank: int
+    username: str
+    count: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "username": self.username, "count": self.count}
+
+
+class Counter:
+    """Atomic counting, identity, rate limits, presence and reads, all on one Redis."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._click = load_script(redis, "click")
+        self._join = load_script(redis, "join")
+        self._set_count = load_script(redis, "set_count")
+        self._delete = load_script(redis, "delete")
+        self._state = load_script(redis, "state")
+        self._leaderboard = load_script(redis, "leaderboard")
+        self._user = load_script(redis, "user")
+        self._heartbeat = load_script(redis, "heartbeat")
+
+    # -- players -----------------------------------------------------------
+    async def join(self, display: str, canon: str, address: str, limit_per_minute: int) -> str:
+        """Reserve the name and return the nonce its token will carry."""
+        k = self.keys
+        nonce = secrets.token_hex(8)
+        reply = await self._join(
+            keys=[k.nonces, k.names, k.board, k.lex, k.dirty, k.epoch, k.join_rate(address)],
+            args=[canon, display, nonce, limit_per_minute],
+        )
+        outcome = _text(reply[0])
+        if outcome == "taken":
+            raise ApiError(409, "name_taken", f"The name {display!r} is taken; pick another.")
+        if outcome == "rate":
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many joins from your address; at most {limit_per_minute} a minute.",
+                retry_after_s=max(1, int(reply[1])),
+            )
+        if outcome == "restoring":
+            raise restoring()
+        return nonce
+
+    async def click(self, player: Player, n: int, limit_cps: int) -> ClickResult:
+        """Count n clicks for a player, or raise: revoked token, or over the rate limit."""
+        k = self.keys
+        reply = await self._click(
+            keys=[
+                k.nonces,
+                k.names,
+                k.board,
+                k.global_count,
+                k.clicks_total,
+                k.minutes,
+                k.dirty,
+                k.epoch,
+                k.provisional,
+                k.click_rate(player.canon),
+                k.lex,
+            ],
+            args=[player.canon, player.display, player.nonce, n, limit_cps, RATE_WINDOW_MS],
+        )
+        outcome = _text(reply[0])
+        if outcome == "token":
+            raise invalid_token()
+        if outcome == "rate":
+            wait_ms = int(reply[1])
+            if wait_ms < 0:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"n={n} is more than the {limit_cps} clicks a second a player may make.",
+                    retry_after_s=1,
+                )
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Slow down: at most {limit_cps} clicks a second.",
+                retry_after_s=max(wait_ms, 1) / 1000,
+            )
+        return ClickResult(user=int(reply[1]), global_count=int(reply[2]), rank=int(reply[3]))
+
+    async def nonce_is_live(self, player: Player) -> bool:
+        """True when the token's nonce is current, or Redis lost it and awaits a restore."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(k.nonces, player.canon)
+        pipe.exists(k.epoch)
+        stored, epoch = await pipe.execute()
+        if stored is None:
+            return not epoch
+        return _text(stored) == player.nonce
+
+    # -- admin -------------------------------------------------------------
+    async def set_count(self, canon: str, count: int) -> AdminResult:
+        k = self.keys
+        reply = await self._set_count(
+            keys=[k.names, k.board, k.global_count, k.dirty, k.epoch, k.nonces],
+            args=[canon, count],
+        )
+        return self._admin_result(reply, count)
+
+    async def delete(self, canon: str) -> AdminResult:
+        k = self.keys
+        reply = await self._delete(
+            keys=[
+                k.names,
+                k.board,
+                k.global_count,
+                k.dirty,
+                k.epoch,
+                k.nonces,
+                k.lex,
+                k.provisional,
+            ],
+            args=[canon],
+        )
+        return self._admin_result(reply, 0)
+
+    @staticmethod
+    def _admin_result(reply: list[Any], count: int) -> AdminResult:
+        outcome = _text(reply[0])
+        if outcome == "missing":
+            raise ApiError(404, "not_found", "No user by that name.")
+        if outcome == "restoring":
+            raise restoring()
+        nonce = _text(reply[3]) if reply[3] is not None else None
+        return AdminResult(
+            username=_text(reply[1]), global_count=int(reply[2]), nonce=nonce, count=count
+        )
+
+    # -- reads -------------------------------------------------------------
+    async def state(self, top_n: int = TOP_N) -> State:
+        k = self.keys
+        reply = await self._state(
+            keys=[
+                k.global_count,
+                k.board,
+                k.clicks_total,
+                k.presence_expiry,
+                k.presence_count,
+                k.epoch,
+            ],
+            args=[top_n],
+        )
+        return State(
+            global_count=int(reply[0]),
+            users=int(reply[1]),
+            clicks_total=int(reply[2]),
+            online=int(reply[3]),
+            restored=bool(reply[4]),
+            server_ms=int(reply[5]),
+            top=_pairs(reply[6]),
+        )
+
+    async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        total, first_rank, flat = await self._leaderboard(
+            keys=[self.keys.board], args=[offset, limit]
+        )
+        pairs = _pairs(flat)
+        entries: list[Entry] = []
+        for i, (name, count) in enumerate(pairs):
+            # Rows tied with the page's first row share its rank; after the count
+            # changes, everyone above has more clicks, so rank = position + 1.
+            rank = int(first_rank) if count == pairs[0][1] else offset + i + 1
+            entries.append(Entry(rank, name, count))
+        return int(total), entries
+
+    async def users(self, canons: list[str]) -> list[Entry]:
+        """Rank, display name and count for the users that exist among these names."""
+        if not canons:
+            return []
+        rows = await self._user(keys=[self.keys.names, self.keys.board], args=canons)
+        return [Entry(int(rank), _text(name), int(float(count))) for name, count, rank in rows]
+
+    async def search(self, prefix: str, limit: int) -> list[Entry]:
+        """Users whose name starts with prefix (ignoring case), in name order."""
+        low = "[" + prefix if prefix else "-"
+        high = "[" + prefix + "\xff" if prefix else "+"
+        canons = await self.redis.zrangebylex(self.keys.lex, low, high, start=0, num=limit)
+        return await self.users([_text(c) for c in canons])
+
+    async def stats(self, window_name: str, now: float | None = None) -> dict[str, Any]:
+        """Clicks per bucket over a window, oldest first, empty buckets as 0."""
+        span, bucket = WINDOWS[window_name]
+        now = time.time() if now is None else now
+        last = int(now // bucket) * bucket
+        starts = [last - i * bucket for i in range(span // bucket - 1, -1, -1)]
+        minutes = [start + m * 60 for start in starts for m in range(bucket // 60)]
+        values = await self.redis.hmget(self.keys.minutes, [str(m) for m in minutes])
+        per_minute = [int(v) if v is not None else 0 for v in values]
+        per_bucket = bucket // 60
+        points = [
+            [start, sum(per_minute[i * per_bucket : (i + 1) * per_bucket])]
+            for i, start in enumerate(starts)
+        ]
+        return {"window": window_name, "bucket_seconds": bucket, "points": points}
+
+    # -- presence ----------------------------------------------------------
+    async def heartbeat(self, instance_id: str, connections: int, ttl_ms: int) -> None:
+        k = self.keys
+        await self._heartbeat(
+            keys=[k.presence_expiry, k.presence_count], args=[instance_id, connections, ttl_ms]
+        )
+
+    async def leave(self, instance_id: str) -> None:
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(k.presence_expiry, instance_id)
+        pipe.hdel(k.presence_count, instance_id)
+        await pipe.execute()
+
+    # -- bootstrap -----------------------------------------------------------
+    async def mark_fresh(self) -> bool:
+        """Declare an empty Redis authoritative (nothing to restore); True if we set it."""
+        return bool(await self.redis.set(self.keys.epoch, secrets.token_hex(8), nx=True))
+
+    async def is_restored(self) -> bool:
+        return bool(await self.redis.exists(self.keys.epoch))
+
+    # -- worker status, for /readyz and /metrics ----------------------------
+    async def snapshot_status(self) -> dict[str, str]:
+        """What the snapshot leader last reported (see worker/snapshot.py for the fields)."""
+        raw = await self.redis.hgetall(self.keys.snapshot_status)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def workers_alive(self) -> int:
+        found = [k async for k in self.redis.scan_iter(match=self.keys.worker_health_pattern)]
+        return len(found)

@@ -1,0 +1,161 @@
+"""The Socket.IO handlers: connect (player or spectator), click, disconnect, and the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from redis.exceptions import RedisError
+
+from service import metrics
+from service.errors import ApiError, invalid_token, unavailable
+from service.validation import click_n
+
+if TYPE_CHECKING:
+    from service.app import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def player_room(canon: str, nonce: str) -> str:
+    """A room per token: events for a user reach only the connections of that join."""
+    return f"player:{canon}:{nonce}"
+
+
+class FloodGuard:
+    """Refuses a connection's events beyond a local per-second budget, before Redis sees them."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    def allow(self, sid: str) -> bool:
+        second = int(time.monotonic())
+        start, used = self._windows.get(sid, (second, 0))
+        if start != second:
+            start, used = second, 0
+        self._windows[sid] = (start, used + 1)
+        return used < self.per_second
+
+    def forget(self, sid: str) -> None:
+        self._windows.pop(sid, None)
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _acknowledged(handler: Handler) -> Handler:
+    """Turn every refusal into the contract's {"error", "detail"} ack; nothing escapes."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any) -> Any:
+        try:
+            return await handler(*args)
+        except ApiError as exc:
+            return exc.body()
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.labels("socket").inc()
+            log.warning("Redis error in a socket event: %s", exc)
+            return unavailable().body()
+        except Exception:
+            log.exception("unexpected error in a socket event")
+            return {"error": "internal", "detail": "Something went wrong on our side."}
+
+    return wrapper
+
+
+def register(rt: Runtime) -> None:
+    """Attach the handlers to the runtime's Socket.IO server."""
+    sio = rt.sio
+    pending: set[asyncio.Task[None]] = set()
+    # Generous enough for a human with batching, small enough that a flood costs us nothing.
+    guard = FloodGuard(per_second=max(2 * rt.settings.rate_limit_cps, 40))
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if rt.draining:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "shutting_down", {"error": "shutting_down", "detail": "Reconnect to continue."}
+            )
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if auth is not None and (not isinstance(auth, dict) or ("token" in auth and not token)):
+            _refuse(ApiError(401, "invalid_auth", 'auth must be {"token": "<token>"} or absent.'))
+        if token is not None:
+            player = rt.signer.read(token)
+            try:
+                live = player is not None and await rt.counter.nonce_is_live(player)
+            except RedisError:
+                metrics.REDIS_ERRORS.labels("connect").inc()
+                _refuse(unavailable())
+            if player is None or not live:
+                _refuse(invalid_token())
+            assert player is not None
+            rt.players[sid] = player
+            await sio.enter_room(sid, player_room(player.canon, player.nonce))
+        rt.presence.connected()
+        welcome = asyncio.create_task(_welcome(rt, sid))
+        pending.add(welcome)
+        welcome.add_done_callback(pending.discard)
+
+    @sio.event
+    async def disconnect(sid: str, reason: Any = None) -> None:
+        rt.players.pop(sid, None)
+        guard.forget(sid)
+        rt.presence.disconnected()
+
+    @sio.on("click")
+    @_acknowledged
+    async def click(sid: str, *args: Any) -> dict[str, Any]:
+        if not guard.allow(sid):
+            metrics.REFUSED.labels("flood").inc()
+            raise ApiError(429, "rate_limited", "Too many events; slow down.", retry_after_s=1)
+        player = rt.players.get(sid)
+        if player is None:
+            metrics.REFUSED.labels("spectator").inc()
+            raise ApiError(
+                401, "not_a_player", "Spectators cannot click; connect with a token to play."
+            )
+        if len(args) > 1:
+            raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
+        n = click_n(args[0] if args else None)
+        try:
+            result = await rt.counter.click(player, n, rt.settings.rate_limit_cps)
+        except ApiError as exc:
+            metrics.REFUSED.labels(exc.code).inc()
+            raise
+        metrics.CLICKS.labels("socket").inc(n)
+        return {"user": result.user, "global": result.global_count, "rank": result.rank}
+
+    @sio.on("*")
+    @_acknowledged
+    async def unknown(event: Any, sid: str, *args: Any) -> dict[str, Any]:
+        guard.allow(sid)
+        name = str(event)[:40]
+        raise ApiError(404, "unknown_event", f"There is no event named {name!r}; use click.")
+
+
+async def _welcome(rt: Runtime, sid: str) -> None:
+    """Send the state at once, after the connection joined the broadcast set."""
+    for _ in range(200):
+        if rt.sio.manager.is_connected(sid, "/"):
+            break
+        await asyncio.sleep(0.005)
+    else:
+        return  # the client left (or was refused) before its connection completed
+    try:
+        body = await rt.ticker.welcome()
+    except RedisError:
+        metrics.REDIS_ERRORS.labels("connect").inc()
+        return  # the first tick after Redis returns brings the state
+    if body is not None:
+        await rt.sio.emit("state", body, to=sid)
+
+
+def _refuse(error: ApiError) -> None:
+    """Refuse a connection; the client's connect_error carries the contract's error body."""
+    raise socketio.exceptions.ConnectionRefusedError(error.code, error.body())

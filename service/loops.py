@@ -1,0 +1,94 @@
+"""Supervised background loops: held tasks that log, back off, and report their health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from service import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Loop:
+    """Runs `step` over and over; an error is logged once, then retried with capped backoff.
+
+    `step` does its own waiting (a tick boundary, an event, a blocking read);
+    this class only owns the task, the error handling and the health flag.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[None]],
+        *,
+        first_backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.step = step
+        self.first_backoff_s = first_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.healthy = False
+        self.failures = 0
+        self.last_error = ""
+        self.last_ok = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it; re-raise anything it died of except cancellation."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def mark_ok(self) -> None:
+        if not self.healthy and self.failures:
+            log.info("%s recovered after %d failures", self.name, self.failures)
+        self.healthy = True
+        self.failures = 0
+        self.last_ok = time.monotonic()
+        metrics.LOOP_UP.labels(self.name).set(1)
+
+    async def _run(self) -> None:
+        backoff = self.first_backoff_s
+        while True:
+            try:
+                await self.step()
+                self.mark_ok()
+                backoff = self.first_backoff_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.LOOP_UP.labels(self.name).set(0)
+                metrics.LOOP_ERRORS.labels(self.name).inc()
+                # One line per failure; a traceback only for the first of a streak of
+                # errors we did not expect (a bug), not for an unreachable Redis.
+                expected = isinstance(exc, RedisError | OSError)
+                log.warning(
+                    "%s failed (%s); retrying in %.1fs",
+                    self.name,
+                    self.last_error,
+                    backoff,
+                    exc_info=not expected and self.failures == 1,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)

@@ -1,0 +1,22 @@
+-- An admin deletes a user: the count leaves the global count, the token's
+-- nonce is dropped (so the token dies) and the name becomes free, in one step.
+--
+-- KEYS: names board global dirty epoch nonces lex provisional
+-- ARGV: canon
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return {'restoring'}
+end
+local display = redis.call('HGET', KEYS[1], ARGV[1])
+if not display then
+  return {'missing'}
+end
+local old = tonumber(redis.call('ZSCORE', KEYS[2], display) or '0')
+local nonce = redis.call('HGET', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[2], display)
+local global = redis.call('DECRBY', KEYS[3], old)
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('SREM', KEYS[8], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return {'ok', display, global, nonce}

@@ -1,0 +1,18 @@
+-- An admin sets a user's count; the global count moves by the same amount
+-- in the same step, so the invariant holds after edits too.
+--
+-- KEYS: names board global dirty epoch nonces
+-- ARGV: canon count
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return {'restoring'}
+end
+local display = redis.call('HGET', KEYS[1], ARGV[1])
+if not display then
+  return {'missing'}
+end
+local old = tonumber(redis.call('ZSCORE', KEYS[2], display) or '0')
+local count = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], count, display)
+local global = redis.call('INCRBY', KEYS[3], count - old)
+redis.call('SADD', KEYS[4], ARGV[1])
+return {'ok', display, global, redis.call('HGET', KEYS[6], ARGV[1])}

@@ -1,0 +1,78 @@
+"""Prometheus metrics. With several gunicorn workers, PROMETHEUS_MULTIPROC_DIR makes
+every worker's /metrics report the sum over all of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+CLICKS = Counter("clickky_clicks_total", "Clicks counted by this instance.", ["transport"])
+REFUSED = Counter("clickky_clicks_refused_total", "Click requests refused, by reason.", ["reason"])
+JOINS = Counter("clickky_joins_total", "Players who joined through this instance.")
+CONNECTIONS = Gauge(
+    "clickky_connections",
+    "Socket.IO connections held by this instance.",
+    multiprocess_mode="livesum",
+)
+TICKS = Counter("clickky_ticks_sent_total", "State messages broadcast (one per changed tick).")
+TICK_BYTES = Counter("clickky_tick_bytes_total", "Bytes of state payload per client, summed.")
+BROADCAST_LAG = Histogram(
+    "clickky_broadcast_lag_seconds",
+    "Delay from a tick boundary until its state was handed to every local client.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+REDIS_ERRORS = Counter("clickky_redis_errors_total", "Redis calls that failed.", ["where"])
+LOOP_UP = Gauge(
+    "clickky_loop_up",
+    "1 while a background loop is healthy, else 0.",
+    ["loop"],
+    multiprocess_mode="livemin",
+)
+LOOP_ERRORS = Counter(
+    "clickky_loop_errors_total", "Failed iterations of a background loop.", ["loop"]
+)
+PUBSUB_UP = Gauge(
+    "clickky_pubsub_up",
+    "1 while the cross-instance event listener hears its own pings.",
+    multiprocess_mode="livemin",
+)
+PUBSUB_RECONNECTS = Counter("clickky_pubsub_reconnects_total", "Pub/sub (re)subscriptions.")
+HTTP_ERRORS = Counter("clickky_http_errors_total", "HTTP error responses, by code.", ["code"])
+
+
+def render(cluster: dict[str, float | None], *, multiprocess: bool) -> tuple[bytes, str]:
+    """This process's (or all workers') metrics, plus cluster-wide gauges read from Redis."""
+    if multiprocess:
+        registry: Any = CollectorRegistry()
+        MultiProcessCollector(registry)
+        local = generate_latest(registry)
+    else:
+        local = generate_latest()
+    # The cluster view is read fresh for each scrape, so it goes in a throwaway registry.
+    shared = CollectorRegistry()
+    for name, value in cluster.items():
+        if value is not None:
+            Gauge(f"clickky_{name}", _CLUSTER_HELP.get(name, name), registry=shared).set(value)
+    return local + generate_latest(shared), CONTENT_TYPE_LATEST
+
+
+_CLUSTER_HELP = {
+    "global_clicks": "The global count, as Redis holds it.",
+    "users": "Registered players.",
+    "online": "Live connections across all instances.",
+    "restored": "1 when Redis holds the whole truth, 0 while a restore is pending.",
+    "snapshot_age_seconds": "Seconds since the worker's last good snapshot.",
+    "snapshot_duration_seconds": "How long the last good snapshot took.",
+    "snapshot_rows": "Rows written by the last good snapshot.",
+    "snapshot_failures": "Consecutive failed snapshots.",
+    "workers_alive": "Worker processes with a live health key.",
+}

@@ -1,0 +1,329 @@
+"""The SQL store (MySQL/MariaDB or SQLite): snapshots of the counts and the token secret.
+
+Blocking DB-API code on purpose: callers run it in a thread. A connection is
+opened per operation, so a database that restarts needs no reconnect logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+
+SCHEMA_VERSION = 2
+BATCH_ROWS = 1000
+
+
+class StaleFence(Exception):
+    """A newer snapshot leader has written; this (paused, old) leader must not."""
+
+
+@dataclass(frozen=True)
+class UserRow:
+    canon: str
+    username: str
+    nonce: str
+    count: int
+
+
+@dataclass
+class Cut:
+    """One consistent instant of Redis, as the snapshot job read it."""
+
+    global_count: int
+    clicks_total: int
+    server_ms: int
+    users: list[UserRow] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    minutes: dict[int, int] = field(default_factory=dict)
+    # (day "YYYY-MM-DD", dimension, value) -> clicks that day
+    breakdowns: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.users) + len(self.deleted) + len(self.minutes) + len(self.breakdowns)
+
+
+@dataclass(frozen=True)
+class Totals:
+    global_count: int
+    clicks_total: int
+    snapshot_ms: int
+    fence: int
+
+
+# Each step creates what a version adds; all are idempotent so that two
+# workers starting at once can both run them.
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS users (
+            canon VARCHAR(191) {bin} NOT NULL PRIMARY KEY,
+            username VARCHAR(64) {bin} NOT NULL,
+            count BIGINT NOT NULL,
+            nonce VARCHAR(32) NOT NULL,
+            updated_at BIGINT NOT NULL
+        ){table}""",
+        """CREATE TABLE IF NOT EXISTS totals (
+            id INTEGER NOT NULL PRIMARY KEY,
+            global_count BIGINT NOT NULL,
+            clicks_total BIGINT NOT NULL,
+            snapshot_ms BIGINT NOT NULL,
+            fence BIGINT NOT NULL
+        ){table}""",
+        """CREATE TABLE IF NOT EXISTS minutes (
+            minute BIGINT NOT NULL PRIMARY KEY,
+            clicks BIGINT NOT NULL
+        ){table}""",
+    ],
+    2: [
+        """CREATE TABLE IF NOT EXISTS breakdowns (
+            day CHAR(10) NOT NULL,
+            dimension VARCHAR(16) NOT NULL,
+            value VARCHAR(64) {bin} NOT NULL,
+            clicks BIGINT NOT NULL,
+            PRIMARY KEY (day, dimension, value)
+        ){table}""",
+    ],
+}
+
+
+class Store:
+    """One SQL database; the dialect differences are a placeholder and an upsert clause."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.is_mysql = parts.scheme in ("mysql", "mysql+pymysql")
+        if self.is_mysql:
+            self._mysql_args: dict[str, Any] = {
+                "host": parts.hostname or "127.0.0.1",
+                "port": parts.port or 3306,
+                "user": unquote(parts.username or "root"),
+                "password": unquote(parts.password or ""),
+                "database": parts.path.lstrip("/") or "clickky",
+                "charset": "utf8mb4",
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "write_timeout": 60,
+                "autocommit": False,
+            }
+        else:
+            # sqlite:///relative/path or sqlite:////absolute/path
+            self._sqlite_path = url.split("sqlite:///", 1)[1] if "sqlite:///" in url else url
+
+    def describe(self) -> str:
+        """The URL without its password, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password:
+            return self.url.replace(":" + parts.password + "@", ":***@")
+        return self.url
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A connection in a transaction: committed on success, rolled back on error."""
+        conn: Any
+        if self.is_mysql:
+            conn = pymysql.connect(**self._mysql_args)
+        else:
+            conn = sqlite3.connect(self._sqlite_path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # IMMEDIATE takes the write lock at once: the SQLite spelling of FOR UPDATE.
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.is_mysql else statement.replace("%s", "?")
+
+    def _upsert(self, table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+        placeholders = ", ".join(["%s"] * len(columns))
+        updates = [c for c in columns if c not in key]
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+        if self.is_mysql:
+            # VALUES(col) works on MySQL 8 and MariaDB alike; MariaDB has no row alias.
+            sets = ", ".join(f"{c} = VALUES({c})" for c in updates)
+            return f"{head} ON DUPLICATE KEY UPDATE {sets}"
+        sets = ", ".join(f"{c} = excluded.{c}" for c in updates)
+        return self._sql(f"{head} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
+
+    def _execute_many(self, conn: Any, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        cursor = conn.cursor()
+        for start in range(0, len(rows), BATCH_ROWS):
+            # pymysql turns INSERT ... VALUES (...) into one multi-row statement per call.
+            cursor.executemany(statement, rows[start : start + BATCH_ROWS])
+
+    # -- schema ------------------------------------------------------------
+    def migrate(self) -> int:
+        """Create or upgrade the schema to SCHEMA_VERSION; safe to run concurrently."""
+        bin_collation = "COLLATE utf8mb4_bin" if self.is_mysql else ""
+        table = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if self.is_mysql else ""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                "CREATE TABLE IF NOT EXISTS meta (k VARCHAR(64) NOT NULL PRIMARY KEY,"
+                f" v VARCHAR(255) NOT NULL){table}"
+            )
+            cursor.execute(self._sql("SELECT v FROM meta WHERE k = %s"), ("schema_version",))
+            row = cursor.fetchone()
+            current = int(row[0]) if row else 0
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    cursor.execute(statement.format(bin=bin_collation, table=table))
+            if current < SCHEMA_VERSION:
+                cursor.execute(
+                    self._upsert("meta", ("k", "v"), ("k",)),
+                    ("schema_version", str(SCHEMA_VERSION)),
+                )
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(self._sql("SELECT v FROM meta WHERE k = %s"), ("schema_version",))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+
+    # -- the secret ----------------------------------------------------------
+    def secret(self) -> str:
+        """The token secret: generated by whoever asks first, then the same for everyone."""
+        self.migrate()
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            ignore = "INSERT IGNORE" if self.is_mysql else "INSERT OR IGNORE"
+            cursor.execute(
+                self._sql(f"{ignore} INTO meta (k, v) VALUES (%s, %s)"),
+                ("secret_key", secrets.token_urlsafe(32)),
+            )
+            cursor.execute(self._sql("SELECT v FROM meta WHERE k = %s"), ("secret_key",))
+            return str(cursor.fetchone()[0])
+
+    # -- snapshots -----------------------------------------------------------
+    def totals(self) -> Totals | None:
+        """The last snapshot's totals, or None when no snapshot was ever taken."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                "SELECT global_count, clicks_total, snapshot_ms, fence FROM totals WHERE id = 1"
+            )
+            row = cursor.fetchone()
+        return Totals(*(int(v) for v in row)) if row else None
+
+    def write_snapshot(self, cut: Cut, fence: int) -> int:
+        """Write one cut in one transaction, unless a newer fence already wrote. Returns rows."""
+        now_ms = int(time.time() * 1000)
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            lock = " FOR UPDATE" if self.is_mysql else ""
+            cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
+            row = cursor.fetchone()
+            if row is not None and int(row[0]) > fence:
+                raise StaleFence(f"fence {fence} is older than the stored {row[0]}")
+            if cut.deleted:
+                self._execute_many(
+                    conn,
+                    self._sql("DELETE FROM users WHERE canon = %s"),
+                    [(canon,) for canon in cut.deleted],
+                )
+            if cut.users:
+                self._execute_many(
+                    conn,
+                    self._upsert(
+                        "users", ("canon", "username", "count", "nonce", "updated_at"), ("canon",)
+                    ),
+                    [(u.canon, u.username, u.count, u.nonce, now_ms) for u in cut.users],
+                )
+            if cut.minutes:
+                self._execute_many(
+                    conn,
+                    self._upsert("minutes", ("minute", "clicks"), ("minute",)),
+                    sorted(cut.minutes.items()),
+                )
+            if cut.breakdowns:
+                self._execute_many(
+                    conn,
+                    self._upsert(
+                        "breakdowns",
+                        ("day", "dimension", "value", "clicks"),
+                        ("day", "dimension", "value"),
+                    ),
+                    [(*key, clicks) for key, clicks in sorted(cut.breakdowns.items())],
+                )
+            cursor.execute(
+                self._upsert(
+                    "totals",
+                    ("id", "global_count", "clicks_total", "snapshot_ms", "fence"),
+                    ("id",),
+                ),
+                (1, cut.global_count, cut.clicks_total, cut.server_ms, fence),
+            )
+        return cut.rows
+
+    # -- reads for restore, export and tests --------------------------------
+    def users_after(self, canon: str, limit: int) -> list[UserRow]:
+        """Users in canonical-name order after `canon`: restore's resumable cursor."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql(
+                    "SELECT canon, username, nonce, count FROM users WHERE canon > %s"
+                    " ORDER BY canon LIMIT %s"
+                ),
+                (canon, limit),
+            )
+            return [UserRow(str(c), str(u), str(n), int(k)) for c, u, n, k in cursor.fetchall()]
+
+    def user_sum(self) -> tuple[int, int]:
+        """(number of users, sum of their counts): checks the invariant in SQL."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM users")
+            users, total = cursor.fetchone()
+            return int(users), int(total)
+
+    def minutes_between(self, start: int, end: int) -> dict[int, int]:
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql("SELECT minute, clicks FROM minutes WHERE minute >= %s AND minute < %s"),
+                (start, end),
+            )
+            return {int(m): int(c) for m, c in cursor.fetchall()}
+
+    def breakdowns_between(self, first_day: str, last_day: str) -> dict[tuple[str, str, str], int]:
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql(
+                    "SELECT day, dimension, value, clicks FROM breakdowns"
+                    " WHERE day >= %s AND day <= %s"
+                ),
+                (first_day, last_day),
+            )
+            return {(str(d), str(k), str(v)): int(c) for d, k, v, c in cursor.fetchall()}
+
+    def users_updated_until(self, end_ms: int) -> list[tuple[str, int, int]]:
+        """(username, count, updated_at ms) of users as of the last snapshot before end_ms."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql(
+                    "SELECT username, count, updated_at FROM users WHERE updated_at < %s"
+                    " ORDER BY count DESC, username"
+                ),
+                (end_ms,),
+            )
+            return [(str(u), int(c), int(t)) for u, c, t in cursor.fetchall()]

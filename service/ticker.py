@@ -1,0 +1,112 @@
+"""Broadcast by tick: at most one `state` message per tick, and only when it changed.
+
+Every instance reads the whole state from Redis once per tick and sends it to
+its own clients only. A client is connected to one instance, so it can never
+receive a tick twice, however many instances run; tick ids come from Redis's
+clock, so they agree across instances too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service import metrics
+from service.counter import Counter, State
+
+CPS_WINDOW_MS = 2000
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ClickRate:
+    """Clicks per second over the last two seconds, from samples of the all-time click total."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[int, int]] = deque()
+
+    def add(self, server_ms: int, clicks_total: int) -> float:
+        samples = self._samples
+        if samples and (clicks_total < samples[-1][1] or server_ms < samples[-1][0]):
+            samples.clear()  # Redis lost its data or its clock jumped: start over
+        samples.append((server_ms, clicks_total))
+        while len(samples) > 2 and samples[1][0] <= server_ms - CPS_WINDOW_MS:
+            samples.popleft()
+        return self.current()
+
+    def current(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
+        return round((c1 - c0) * 1000 / (t1 - t0), 1) if t1 > t0 else 0.0
+
+
+def state_body(state: State, cps: float, tick: int) -> dict[str, Any]:
+    """The contract's state message (and GET /api/state body), plus the tick id."""
+    return {
+        "global": state.global_count,
+        "online": state.online,
+        "cps": cps,
+        "users": state.users,
+        "top": [{"username": name, "count": count} for name, count in state.top],
+        "tick": tick,
+    }
+
+
+class Ticker:
+    """Reads the state once per tick and hands it to `emit` when it differs from the last."""
+
+    def __init__(self, counter: Counter, interval_ms: int, emit: Emit) -> None:
+        self.counter = counter
+        self.interval_ms = interval_ms
+        self.emit = emit
+        self.rate = ClickRate()
+        self.last_body: dict[str, Any] | None = None
+        self.last_tick = -1
+        self.restored = True
+
+    def tick_of(self, server_ms: int) -> int:
+        return server_ms // self.interval_ms
+
+    async def welcome(self) -> dict[str, Any] | None:
+        """A fresh state for a client that has just joined the broadcast, or None.
+
+        Called once the client is in the broadcast set. If a tick went out while
+        we read, the client already has it. Otherwise the body is labelled with
+        the last broadcast tick, which this client never got, and every later
+        broadcast carries a higher one: no client sees a tick id twice.
+        """
+        before = self.last_tick
+        state = await self.counter.state()
+        if self.last_tick != before:
+            return None
+        label = before if before >= 0 else self.tick_of(state.server_ms) - 1
+        return state_body(state, self.rate.add(state.server_ms, state.clicks_total), label)
+
+    async def step(self) -> None:
+        """Sleep to the next tick boundary, then broadcast if anything changed."""
+        interval = self.interval_ms / 1000
+        boundary = (time.time() // interval + 1) * interval
+        await asyncio.sleep(max(0.0, boundary - time.time()))
+        state = await self.counter.state()
+        self.restored = state.restored
+        cps = self.rate.add(state.server_ms, state.clicks_total)
+        tick = self.tick_of(state.server_ms)
+        if tick <= self.last_tick:
+            return  # a slow read spilled into the next tick; never send one twice
+        body = state_body(state, cps, tick)
+        if self.last_body is not None and _same(body, self.last_body):
+            return
+        self.last_tick, self.last_body = tick, body
+        await self.emit(body)
+        metrics.TICKS.inc()
+        metrics.TICK_BYTES.inc(len(json.dumps(body, separators=(",", ":"))))
+        metrics.BROADCAST_LAG.observe(max(0.0, time.time() - boundary))
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[key] == b[key] for key in a if key != "tick")
