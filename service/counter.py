@@ -182,6 +182,7 @@ class Counter:
                 k.nonces,
                 k.lex,
                 k.provisional,
+                k.tombstones,
             ],
             args=[canon],
         )

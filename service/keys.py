@@ -68,6 +68,15 @@ class Keys:
         return self.prefix + "dirty:inflight"
 
     @property
+    def tombstones(self) -> str:
+        # Hash: canonical name -> nonce of a deleted user's token, until snapshotted.
+        return self.prefix + "tombstones"
+
+    @property
+    def tombstones_inflight(self) -> str:
+        return self.prefix + "tombstones:inflight"
+
+    @property
     def epoch(self) -> str:
         # Present while Redis holds the whole truth; absent after a data loss until restored.
         return self.prefix + "epoch"

@@ -8,6 +8,19 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 _FIELDS = ["asctime", "levelname", "name", "message"]
+# Attributes every LogRecord has; anything else was passed as `extra=` and is data.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for humans, with the structured `extra=` fields appended as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return line
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", **static: str) -> None:
@@ -22,14 +35,14 @@ def configure_logging(level: str = "INFO", fmt: str = "json", **static: str) -> 
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "apscheduler"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    # Socket.IO and Engine.IO log every packet at INFO; that is noise at any scale.
-    for name in ("socketio", "engineio", "socketio.server", "engineio.server"):
+    # These log every packet or every job run at INFO; that is noise at any scale.
+    for name in ("socketio", "engineio", "socketio.server", "engineio.server", "apscheduler"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

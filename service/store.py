@@ -45,10 +45,18 @@ class Cut:
     minutes: dict[int, int] = field(default_factory=dict)
     # (day "YYYY-MM-DD", dimension, value) -> clicks that day
     breakdowns: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (canonical name, nonce) of tokens that died with their user
+    tombstones: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return len(self.users) + len(self.deleted) + len(self.minutes) + len(self.breakdowns)
+        return (
+            len(self.users)
+            + len(self.deleted)
+            + len(self.minutes)
+            + len(self.breakdowns)
+            + len(self.tombstones)
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,12 @@ _MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE IF NOT EXISTS minutes (
             minute BIGINT NOT NULL PRIMARY KEY,
             clicks BIGINT NOT NULL
+        ){table}""",
+        """CREATE TABLE IF NOT EXISTS tombstones (
+            canon VARCHAR(191) {bin} NOT NULL,
+            nonce VARCHAR(32) NOT NULL,
+            deleted_ms BIGINT NOT NULL,
+            PRIMARY KEY (canon, nonce)
         ){table}""",
     ],
     2: [
@@ -167,8 +181,21 @@ class Store:
             cursor.executemany(statement, rows[start : start + BATCH_ROWS])
 
     # -- schema ------------------------------------------------------------
+    def _create_database(self) -> None:
+        """MySQL: create the database named in the URL if it is missing."""
+        args = {k: v for k, v in self._mysql_args.items() if k != "database"}
+        conn = pymysql.connect(**args)
+        try:
+            with conn.cursor() as cursor:
+                name = str(self._mysql_args["database"]).replace("`", "``")
+                cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+
     def migrate(self) -> int:
         """Create or upgrade the schema to SCHEMA_VERSION; safe to run concurrently."""
+        if self.is_mysql:
+            self._create_database()
         bin_collation = "COLLATE utf8mb4_bin" if self.is_mysql else ""
         table = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if self.is_mysql else ""
         with self.connect() as conn:
@@ -252,6 +279,14 @@ class Store:
                     self._upsert("minutes", ("minute", "clicks"), ("minute",)),
                     sorted(cut.minutes.items()),
                 )
+            if cut.tombstones:
+                self._execute_many(
+                    conn,
+                    self._upsert(
+                        "tombstones", ("canon", "nonce", "deleted_ms"), ("canon", "nonce")
+                    ),
+                    [(canon, nonce, now_ms) for canon, nonce in cut.tombstones],
+                )
             if cut.breakdowns:
                 self._execute_many(
                     conn,
@@ -285,6 +320,20 @@ class Store:
                 (canon, limit),
             )
             return [UserRow(str(c), str(u), str(n), int(k)) for c, u, n, k in cursor.fetchall()]
+
+    def dead_tokens(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (canonical name, nonce) pairs belong to deleted users."""
+        found: set[tuple[str, str]] = set()
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            for canon, nonce in pairs:
+                cursor.execute(
+                    self._sql("SELECT 1 FROM tombstones WHERE canon = %s AND nonce = %s"),
+                    (canon, nonce),
+                )
+                if cursor.fetchone():
+                    found.add((canon, nonce))
+        return found
 
     def user_sum(self) -> tuple[int, int]:
         """(number of users, sum of their counts): checks the invariant in SQL."""

@@ -1,0 +1,60 @@
+-- The snapshot's consistent cut: everything changed since the last snapshot,
+-- read at one instant, so global == sum(users) holds in SQL as well.
+-- Changed names move to an in-flight set that stays until the SQL commit;
+-- a snapshot that dies is retried from it, so no change is ever forgotten.
+--
+-- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
+--       tombstones tombstones_inflight
+-- ARGV: first_minute last_minute
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'restoring'}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[2])
+  redis.call('DEL', KEYS[2])
+end
+if redis.call('EXISTS', KEYS[10]) == 1 then
+  local pending = redis.call('HGETALL', KEYS[10])
+  redis.call('HSET', KEYS[11], unpack(pending))
+  redis.call('DEL', KEYS[10])
+end
+local users, deleted = {}, {}
+for _, canon in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local display = redis.call('HGET', KEYS[5], canon)
+  if display then
+    local count = redis.call('ZSCORE', KEYS[6], display) or '0'
+    table.insert(users, canon)
+    table.insert(users, display)
+    table.insert(users, redis.call('HGET', KEYS[4], canon) or '')
+    table.insert(users, count)
+  else
+    table.insert(deleted, canon)
+  end
+end
+-- HMGET in chunks: Lua's unpack() cannot spread more than a few thousand values.
+local minutes = {}
+local first, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+for chunk = first, last, 60 * 1000 do
+  local fields = {}
+  for minute = chunk, math.min(last, chunk + 60 * 999), 60 do
+    table.insert(fields, tostring(minute))
+  end
+  local values = redis.call('HMGET', KEYS[9], unpack(fields))
+  for i, v in ipairs(values) do
+    if v then
+      table.insert(minutes, fields[i])
+      table.insert(minutes, v)
+    end
+  end
+end
+local t = redis.call('TIME')
+return {
+  'ok',
+  redis.call('GET', KEYS[7]) or '0',
+  redis.call('GET', KEYS[8]) or '0',
+  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+  users,
+  deleted,
+  minutes,
+  redis.call('HGETALL', KEYS[11]),
+}

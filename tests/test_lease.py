@@ -1,0 +1,39 @@
+"""The snapshot lease: one holder at a time, fenced, taken over when the holder dies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.keys import Keys
+from worker.lease import Lease
+
+
+async def test_only_one_worker_holds_the_lease(redis: Any, keys: Keys) -> None:
+    a, b = Lease(redis, keys, "a", 2), Lease(redis, keys, "b", 2)
+    results = await asyncio.gather(a.keep(), b.keep())
+    assert sorted(results) == [False, True]
+    assert a.held != b.held
+
+
+async def test_renewal_keeps_it_and_release_hands_it_over(redis: Any, keys: Keys) -> None:
+    a, b = Lease(redis, keys, "a", 2), Lease(redis, keys, "b", 2)
+    assert await a.keep()
+    fence = a.fence
+    assert await a.keep() and a.fence == fence, "renewal must keep the same fence"
+    assert not await b.keep()
+    await a.release()
+    assert await b.keep()
+    assert b.fence is not None and fence is not None and b.fence > fence
+
+
+async def test_an_expired_holder_loses_to_a_newer_fence(redis: Any, keys: Keys) -> None:
+    a, b = Lease(redis, keys, "a", 0.3), Lease(redis, keys, "b", 5)
+    assert await a.keep()
+    old_fence = a.fence
+    await asyncio.sleep(0.4)  # a is "paused" past its TTL
+    assert not a.held, "a must not believe it still leads after its TTL"
+    assert await b.keep()
+    assert not await a.keep(), "a's renewal must fail: b holds it now"
+    assert a.fence is None
+    assert b.fence is not None and old_fence is not None and b.fence > old_fence

@@ -1,0 +1,155 @@
+"""The SQL store, run identically against SQLite and the machine's MariaDB."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from service.store import SCHEMA_VERSION, Cut, StaleFence, Store, UserRow
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("mysql_url")
+    result = Store(url)
+    result.migrate()
+    return result
+
+
+def _cut(users: list[UserRow], **kw: object) -> Cut:
+    total = sum(u.count for u in users)
+    return Cut(global_count=total, clicks_total=total, server_ms=1_000, users=users, **kw)  # type: ignore[arg-type]
+
+
+def test_migrate_is_idempotent_and_versioned(store: Store) -> None:
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_concurrent_migrations_agree(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            Store(store.url).migrate()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_secret_is_generated_once(store: Store) -> None:
+    first = store.secret()
+    assert len(first) >= 32
+    assert Store(store.url).secret() == first
+
+
+def test_snapshot_round_trip_and_invariant(store: Store) -> None:
+    users = [UserRow("ann", "Ann", "n1", 5), UserRow("zoë", "Zoë", "n2", 7)]
+    assert store.totals() is None
+    rows = store.write_snapshot(_cut(users, minutes={60: 3, 120: 9}), fence=1)
+    assert rows == 4
+    totals = store.totals()
+    assert totals is not None and (totals.global_count, totals.fence) == (12, 1)
+    assert store.user_sum() == (2, 12)
+    assert store.users_after("", 10) == sorted(users, key=lambda u: u.canon)
+    assert store.users_after("ann", 10) == [users[1]]
+    assert store.minutes_between(0, 1000) == {60: 3, 120: 9}
+
+
+def test_upsert_updates_and_delete_removes(store: Store) -> None:
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 1), UserRow("b", "B", "m", 2)]), fence=1)
+    cut = _cut([UserRow("a", "A", "n", 10)], deleted=["b"], minutes={60: 4})
+    cut.global_count = 10
+    store.write_snapshot(cut, fence=1)
+    assert store.user_sum() == (1, 10)
+    assert store.totals().global_count == 10  # type: ignore[union-attr]
+
+
+def test_names_differing_only_in_accents_are_distinct_rows(store: Store) -> None:
+    # MySQL's default collation would make these one key; the store uses a binary one.
+    store.write_snapshot(_cut([UserRow("e", "e", "1", 1), UserRow("é", "é", "2", 2)]), fence=1)
+    assert store.user_sum() == (2, 3)
+
+
+def test_an_older_fence_cannot_write(store: Store) -> None:
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 1)]), fence=5)
+    with pytest.raises(StaleFence):
+        store.write_snapshot(_cut([UserRow("a", "A", "n", 999)]), fence=4)
+    assert store.user_sum() == (1, 1), "the refused snapshot must not have written anything"
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 2)]), fence=6)
+    assert store.user_sum() == (1, 2)
+
+
+def test_tombstones_identify_dead_tokens(store: Store) -> None:
+    store.write_snapshot(_cut([], tombstones=[("gone", "old")]), fence=1)
+    assert store.dead_tokens([("gone", "old"), ("gone", "new"), ("x", "y")]) == {("gone", "old")}
+
+
+def test_a_failed_transaction_writes_nothing(store: Store) -> None:
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 1)]), fence=1)
+    # The second row breaks NOT NULL half-way through the batch; the first must not stay.
+    bad = Cut(
+        global_count=3,
+        clicks_total=3,
+        server_ms=2_000,
+        users=[UserRow("b", "B", "n", 2), UserRow("c", "C", "n", None)],  # type: ignore[arg-type]
+    )
+    with pytest.raises((pymysql.MySQLError, sqlite3.Error)):
+        store.write_snapshot(bad, fence=1)
+    assert store.user_sum() == (1, 1)
+    assert store.totals().global_count == 1  # type: ignore[union-attr]
+
+
+def test_mysql_batches_are_multi_row_statements(mysql_url: str) -> None:
+    """pymysql's executemany must send one INSERT per batch, not one per row."""
+    store = Store(mysql_url)
+    store.migrate()
+    users = [UserRow(f"u{i:05}", f"U{i}", "n", i) for i in range(2500)]
+    conn = pymysql.connect(**store._mysql_args)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Com_insert'")
+            before = int(cursor.fetchone()[1])
+            store._execute_many(
+                conn,
+                store._upsert(
+                    "users", ("canon", "username", "count", "nonce", "updated_at"), ("canon",)
+                ),
+                [(u.canon, u.username, u.count, u.nonce, 0) for u in users],
+            )
+            cursor.execute("SHOW SESSION STATUS LIKE 'Com_insert'")
+            after = int(cursor.fetchone()[1])
+        conn.commit()
+    finally:
+        conn.close()
+    # 2500 rows in batches of 1000: three statements, where row-by-row would be 2500.
+    assert after - before == 3
+    assert store.user_sum() == (2500, sum(range(2500)))
+
+
+def test_mysql_database_is_created_when_missing(mysql_url: str) -> None:
+    url = mysql_url + "_new"
+    store = Store(url)
+    try:
+        assert store.migrate() == SCHEMA_VERSION
+        assert store.totals() is None
+    finally:
+        conn = pymysql.connect(**{k: v for k, v in store._mysql_args.items() if k != "database"})
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{store._mysql_args['database']}`")
+        conn.close()

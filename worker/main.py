@@ -1,0 +1,260 @@
+"""The worker process: snapshot leader election, snapshots, restore, and shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pymysql
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from redis.exceptions import RedisError
+
+from service.connection import connect_redis
+from service.keys import Keys
+from service.logs import configure_logging
+from service.settings import Settings
+from service.store import StaleFence, Store
+from worker.lease import Lease
+from worker.restore import Restorer
+from worker.snapshot import Snapshotter
+
+log = logging.getLogger("worker")
+
+# Failures we expect from the outside world: one log line each, then retry.
+OUTSIDE_ERRORS = (RedisError, pymysql.MySQLError, sqlite3.Error, OSError)
+
+
+def lease_ttl_s(interval_s: float) -> float:
+    """Short enough that a standby takes over within one snapshot interval.
+
+    Takeover needs the TTL plus one check (TTL/4): half an interval keeps that
+    under one interval; the cap keeps a lost leader's gap short at 30 s.
+    """
+    return max(1.0, min(10.0, interval_s / 2))
+
+
+class Worker:
+    """Runs the jobs on an APScheduler; only the lease holder writes to SQL."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}"
+        self.redis = connect_redis(settings.redis_url, max_connections=8)
+        self.store = Store(settings.database_url)
+        ttl = lease_ttl_s(settings.snapshot_interval_s)
+        self.lease = Lease(self.redis, self.keys, self.worker_id, ttl)
+        self.guard_interval_s = ttl / 4
+        self.snapshotter = Snapshotter(self.redis, self.keys, self.store)
+        self.restorer = Restorer(self.redis, self.keys, self.store)
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+        )
+        self.failures = 0
+        self._migrated = False
+        self._snapshot_lock = asyncio.Lock()
+        self._restore_task: asyncio.Task[int | None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        now = datetime.now(UTC)
+        self.scheduler.add_job(
+            self.guard, "interval", seconds=self.guard_interval_s, id="guard", next_run_time=now
+        )
+        self.scheduler.add_job(
+            self.snapshot, "interval", seconds=self.settings.snapshot_interval_s, id="snapshot"
+        )
+        self.scheduler.add_job(self.prune, "interval", hours=1, id="prune")
+        self.scheduler.start()
+        log.info(
+            "worker %s started (snapshot every %ss into %s)",
+            self.worker_id,
+            self.settings.snapshot_interval_s,
+            self.store.describe(),
+        )
+
+    # -- jobs --------------------------------------------------------------
+    async def guard(self) -> None:
+        """Keep (or take) the lease, report health, and start a restore if Redis lost data."""
+        try:
+            leader = await self.lease.keep()
+            health = {"worker": self.worker_id, "leader": leader, "at": int(time.time() * 1000)}
+            await self.redis.set(
+                self.keys.worker_health(self.worker_id),
+                json.dumps(health),
+                ex=max(10, int(self.guard_interval_s * 4)),
+            )
+            restoring = self._restore_task is not None and not self._restore_task.done()
+            if leader and not restoring and await self.restorer.needed():
+                self._restore_task = asyncio.create_task(self._restore(), name="restore")
+        except OUTSIDE_ERRORS as exc:
+            log.warning("lease/health check failed: %s", exc)
+
+    async def _restore(self) -> int | None:
+        try:
+            await self._migrate()
+            return await self.restorer.run(lambda: self.lease.held)
+        except OUTSIDE_ERRORS as exc:
+            log.warning("restore attempt failed (%s); retrying on the next check", exc)
+            return None
+
+    async def snapshot(self) -> None:
+        """One snapshot if we lead; on failure, retry with backoff, keeping every change."""
+        fence = self.lease.fence
+        if fence is None or not self.lease.held:
+            return
+        async with self._snapshot_lock:
+            try:
+                await self._migrate()
+                report = await self.snapshotter.snapshot(fence)
+            except StaleFence as exc:
+                log.warning("a newer leader wrote the snapshot store (%s); standing down", exc)
+                self.lease.lost()
+                return
+            except OUTSIDE_ERRORS as exc:
+                await self._failed(exc)
+                return
+            if report is None:
+                log.info("snapshot skipped: a restore is pending")
+                return
+            self.failures = 0
+            with contextlib.suppress(RedisError):
+                await self.redis.hset(
+                    self.keys.snapshot_status,
+                    mapping={
+                        "last_ok_ms": report.server_ms,
+                        "duration_s": f"{report.duration_s:.4f}",
+                        "rows": report.rows,
+                        "failures": 0,
+                        "last_error": "",
+                        "worker": self.worker_id,
+                        "fence": fence,
+                    },
+                )
+            log.info(
+                "snapshot written",
+                extra={
+                    "rows": report.rows,
+                    "users": report.users,
+                    "deleted": report.deleted,
+                    "duration_s": round(report.duration_s, 4),
+                    "lag_ms": report.lag_ms,
+                    "fence": fence,
+                },
+            )
+
+    async def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        backoff = min(2 ** (self.failures - 1), self.settings.snapshot_interval_s)
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "snapshot failed (%s); %d in a row; retrying in %ss",
+            error,
+            self.failures,
+            backoff,
+        )
+        with contextlib.suppress(RedisError):
+            await self.redis.hset(
+                self.keys.snapshot_status,
+                mapping={"failures": self.failures, "last_error": error[:500]},
+            )
+        if not self._closed:
+            self.scheduler.add_job(
+                self.snapshot,
+                "date",
+                run_date=datetime.now(UTC) + timedelta(seconds=backoff),
+                id="snapshot-retry",
+                replace_existing=True,
+            )
+
+    async def _migrate(self) -> None:
+        if not self._migrated:
+            await asyncio.to_thread(self.store.migrate)
+            self._migrated = True
+
+    async def prune(self) -> None:
+        if self.lease.held:
+            try:
+                dropped = await self.snapshotter.prune_minutes()
+            except OUTSIDE_ERRORS as exc:
+                log.warning("pruning old minute buckets failed: %s", exc)
+                return
+            if dropped:
+                log.info("pruned old minute buckets from Redis", extra={"buckets": dropped})
+
+    # -- shutdown ------------------------------------------------------------
+    async def close(self) -> None:
+        """Final snapshot if we lead, then give up the lease. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.scheduler.shutdown(wait=False)
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._restore_task
+        if self.lease.held:
+            log.info("final snapshot before exit")
+            await self.snapshot()
+        with contextlib.suppress(*OUTSIDE_ERRORS):
+            await self.lease.release()
+            await self.redis.delete(self.keys.worker_health(self.worker_id))
+        await self.redis.aclose()
+        log.info("worker %s stopped", self.worker_id)
+
+
+async def run(settings: Settings) -> None:
+    worker = Worker(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker.start()
+    try:
+        await stop.wait()
+    finally:
+        await worker.close()
+
+
+async def check(settings: Settings) -> int:
+    """Exit status for a deploy healthcheck: 0 if a worker on this host reported recently."""
+    keys = Keys(settings.key_prefix)
+    redis = connect_redis(settings.redis_url, max_connections=2)
+    try:
+        pattern = keys.worker_health(socket.gethostname()) + ":*"
+        found = [key async for key in redis.scan_iter(match=pattern)]
+    except RedisError as exc:
+        print(f"unhealthy: Redis unreachable ({exc})", file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
+    if not found:
+        print("unhealthy: no live worker on this host", file=sys.stderr)
+        return 1
+    print("healthy")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if a worker on this host is alive, else 1"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_environ()
+    configure_logging(settings.log_level, settings.log_format, process="worker")
+    if args.check:
+        sys.exit(asyncio.run(check(settings)))
+    asyncio.run(run(settings))

@@ -1,0 +1,133 @@
+"""Recovery: when Redis comes back empty, add the last snapshot back, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from service.counter import load_script
+from service.keys import Keys
+from service.store import Store
+
+log = logging.getLogger(__name__)
+
+BATCH_USERS = 5000
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Restorer:
+    """Detects a data loss by the epoch key (not by a zero count) and restores from SQL."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, store: Store, *, batch_users: int = BATCH_USERS
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.store = store
+        self.batch_users = batch_users
+        self._totals = load_script(redis, "restore_totals")
+        self._users = load_script(redis, "restore_users")
+        self._finish = load_script(redis, "restore_finish")
+
+    async def needed(self) -> bool:
+        return not await self.redis.exists(self.keys.epoch)
+
+    async def run(self, still_leader: Callable[[], bool]) -> int | None:
+        """Restore if Redis lost its data; returns users restored, or None if nothing to do.
+
+        Every step is idempotent (a flag or a compare-and-set cursor), so a
+        crash, a retry or a second restorer never adds anything twice.
+        """
+        k = self.keys
+        if not await self.needed():
+            return None
+        totals = await asyncio.to_thread(self.store.totals)
+        if totals is None:
+            if await self.redis.set(k.epoch, secrets.token_hex(8), nx=True):
+                log.info("fresh deployment: no snapshot to restore, Redis is authoritative")
+            return None
+        started = time.monotonic()
+        log.warning(
+            "Redis lost its data; restoring the snapshot taken at %d (global %d)",
+            totals.snapshot_ms // 1000,
+            totals.global_count,
+        )
+        await self.redis.hsetnx(k.restore, "started_ms", int(time.time() * 1000))
+        await self.redis.hset(k.restore, "expected_users", str(await self._user_count()))
+        await self.redis.set(k.secret, await asyncio.to_thread(self.store.secret))
+
+        minutes = await asyncio.to_thread(
+            self.store.minutes_between, int(time.time()) - 8 * 86400, 2**62
+        )
+        args: list[int] = [totals.clicks_total]
+        for minute, clicks in sorted(minutes.items()):
+            args += [minute, clicks]
+        await self._totals(keys=[k.restore, k.clicks_total, k.minutes], args=args)
+
+        restored = 0
+        while True:
+            if not still_leader():
+                log.warning("lost the lease during a restore; the next leader resumes it")
+                return restored
+            cursor = _text(await self.redis.hget(k.restore, "cursor"))
+            batch = await asyncio.to_thread(self.store.users_after, cursor, self.batch_users)
+            if not batch:
+                break
+            flat: list[str | int] = [cursor, batch[-1].canon]
+            for user in batch:
+                flat += [user.canon, user.username, user.nonce, user.count]
+            applied = await self._users(
+                keys=[k.restore, k.nonces, k.names, k.board, k.global_count, k.lex, k.provisional],
+                args=flat,
+            )
+            if applied:
+                restored += len(batch)
+                log.info("restore progress", extra={"users": restored})
+
+        provisional = [_text(c) for c in await self.redis.smembers(k.provisional)]
+        pairs: list[tuple[str, str]] = []
+        for canon in provisional:
+            nonce = _text(await self.redis.hget(k.nonces, canon))
+            if nonce:
+                pairs.append((canon, nonce))
+        dead = await asyncio.to_thread(self.store.dead_tokens, pairs)
+        flat_dead: list[str] = [secrets.token_hex(8)]
+        for canon, nonce in sorted(dead):
+            flat_dead += [canon, nonce]
+        await self._finish(
+            keys=[
+                k.restore,
+                k.nonces,
+                k.names,
+                k.board,
+                k.global_count,
+                k.lex,
+                k.provisional,
+                k.epoch,
+                k.dirty,
+            ],
+            args=flat_dead,
+        )
+        log.warning(
+            "restore finished",
+            extra={
+                "users": restored,
+                "evicted": len(dead),
+                "duration_s": round(time.monotonic() - started, 3),
+            },
+        )
+        return restored
+
+    async def _user_count(self) -> int:
+        users, _ = await asyncio.to_thread(self.store.user_sum)
+        return users
