@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import metrics, validation
+from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
 from service.ticker import state_body
@@ -96,12 +97,15 @@ async def click(request: Request) -> Response:
     rt = _runtime(request)
     player = _player(request)
     n = validation.click_n(await read_json(request, optional=True))
+    headers = request.headers
+    profile = classify(headers.get("user-agent", ""), country_of(dict(headers)))
     try:
-        result = await rt.counter.click(player, n, rt.settings.rate_limit_cps)
+        result = await rt.counter.click(player, n, rt.settings.rate_limit_cps, profile)
     except ApiError as exc:
         metrics.REFUSED.labels(exc.code).inc()
         raise
     metrics.CLICKS.labels("http").inc(n)
+    await rt.announce_milestones(player, result)
     return JSONResponse({"user": result.user, "global": result.global_count, "rank": result.rank})
 
 
@@ -138,6 +142,26 @@ async def search(request: Request) -> Response:
 async def stats(request: Request) -> Response:
     window = validation.window(request.query_params)
     return JSONResponse(await _runtime(request).counter.stats(window))
+
+
+async def breakdown(request: Request) -> Response:
+    dimension = validation.dimension(request.query_params)
+    window = validation.window(request.query_params, allowed=("day", "week"))
+    days = 1 if window == "day" else 7
+    entries = await _runtime(request).counter.breakdown(dimension, days)
+    return JSONResponse(
+        {
+            "dimension": dimension,
+            "window": window,
+            "entries": [{"value": e.username, "clicks": e.count} for e in entries],
+        }
+    )
+
+
+async def countries(request: Request) -> Response:
+    _, limit = validation.paging(request.query_params, default_limit=10)
+    rows = await _runtime(request).counter.countries(limit)
+    return JSONResponse({"entries": [{"country": c, "clicks": n} for c, n in rows]})
 
 
 # -- admin ---------------------------------------------------------------------
@@ -273,6 +297,8 @@ def routes() -> list[Route]:
         Route("/api/users", search, methods=["GET"]),
         Route("/api/users/{username:path}", user, methods=["GET"]),
         Route("/api/stats", stats, methods=["GET"]),
+        Route("/api/stats/breakdown", breakdown, methods=["GET"]),
+        Route("/api/countries", countries, methods=["GET"]),
         Route("/api/admin/status", admin_status, methods=["GET"]),
         Route("/api/admin/users/{username:path}", admin_set, methods=["PUT"]),
         Route("/api/admin/users/{username:path}", admin_delete, methods=["DELETE"]),

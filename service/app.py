@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from service import api, events, pages
 from service.bootstrap import mark_fresh_start, token_secret
+from service.breakdown import Profile, warm_up
 from service.bus import Bus
 from service.connection import connect_redis
-from service.counter import Counter
+from service.counter import ClickResult, Counter
+from service.events import player_room
 from service.keys import Keys
 from service.logs import configure_logging
 from service.loops import Loop
@@ -49,6 +52,7 @@ class Runtime:
             engineio_logger=False,
         )
         self.players: dict[str, Player] = {}
+        self.profiles: dict[str, Profile] = {}
         self.draining = False
         # Set by the lifespan:
         self.counter: Counter
@@ -65,6 +69,28 @@ class Runtime:
     async def broadcast_state(self, body: dict[str, Any]) -> None:
         await self.sio.emit("state", body)
 
+    async def announce_milestones(self, player: Player, result: ClickResult) -> None:
+        """Tell everyone (global) or the player (personal); the Lua script fired it once."""
+        try:
+            if result.global_milestone:
+                data = {
+                    "scope": "global",
+                    "value": result.global_milestone,
+                    "username": player.display,
+                }
+                await self.bus.publish("milestone", data)
+            if result.personal_milestone:
+                data = {
+                    "scope": "personal",
+                    "value": result.personal_milestone,
+                    "username": player.display,
+                }
+                await self.bus.publish(
+                    "milestone", data, room=player_room(player.canon, player.nonce)
+                )
+        except RedisError as exc:
+            log.warning("could not announce a milestone: %s", exc)
+
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -72,6 +98,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     runtime: Runtime = app.state.runtime
     settings = runtime.settings
     configure_logging(settings.log_level, settings.log_format, instance=runtime.instance_id)
+    warm_up()
     async with contextlib.AsyncExitStack() as stack:
         redis = connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)

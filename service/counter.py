@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from service.breakdown import DIMENSIONS, Profile
 from service.errors import ApiError, invalid_token, restoring
 from service.keys import Keys
 from service.tokens import Player
@@ -18,6 +19,7 @@ from service.validation import WINDOWS
 
 RATE_WINDOW_MS = 1000
 TOP_N = 10
+ANONYMOUS = Profile()
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
@@ -35,11 +37,19 @@ def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     return [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
+def utc_day(epoch_s: float) -> str:
+    """The UTC day (YYYY-MM-DD) a moment falls in: the unit of the breakdown counters."""
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch_s))
+
+
 @dataclass(frozen=True)
 class ClickResult:
     user: int
     global_count: int
     rank: int
+    # The round numbers this click crossed first, or 0.
+    global_milestone: int = 0
+    personal_milestone: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,9 +121,12 @@ class Counter:
             raise restoring()
         return nonce
 
-    async def click(self, player: Player, n: int, limit_cps: int) -> ClickResult:
+    async def click(
+        self, player: Player, n: int, limit_cps: int, profile: Profile = ANONYMOUS
+    ) -> ClickResult:
         """Count n clicks for a player, or raise: revoked token, or over the rate limit."""
         k = self.keys
+        day = utc_day(time.time())
         reply = await self._click(
             keys=[
                 k.nonces,
@@ -127,8 +140,20 @@ class Counter:
                 k.provisional,
                 k.click_rate(player.canon),
                 k.lex,
+                *(k.breakdown(dimension, day) for dimension in DIMENSIONS),
+                k.country_board,
+                k.milestone_global,
+                k.milestone_personal,
             ],
-            args=[player.canon, player.display, player.nonce, n, limit_cps, RATE_WINDOW_MS],
+            args=[
+                player.canon,
+                player.display,
+                player.nonce,
+                n,
+                limit_cps,
+                RATE_WINDOW_MS,
+                *profile.values(),
+            ],
         )
         outcome = _text(reply[0])
         if outcome == "token":
@@ -148,7 +173,13 @@ class Counter:
                 f"Slow down: at most {limit_cps} clicks a second.",
                 retry_after_s=max(wait_ms, 1) / 1000,
             )
-        return ClickResult(user=int(reply[1]), global_count=int(reply[2]), rank=int(reply[3]))
+        return ClickResult(
+            user=int(reply[1]),
+            global_count=int(reply[2]),
+            rank=int(reply[3]),
+            global_milestone=int(reply[4]),
+            personal_milestone=int(reply[5]),
+        )
 
     async def nonce_is_live(self, player: Player) -> bool:
         """True when the token's nonce is current, or Redis lost it and awaits a restore."""
@@ -183,6 +214,7 @@ class Counter:
                 k.lex,
                 k.provisional,
                 k.tombstones,
+                k.milestone_personal,
             ],
             args=[canon],
         )
@@ -266,6 +298,24 @@ class Counter:
             for i, start in enumerate(starts)
         ]
         return {"window": window_name, "bucket_seconds": bucket, "points": points}
+
+    async def breakdown(self, dimension: str, days: int, now: float | None = None) -> list[Entry]:
+        """Clicks per value of one dimension over the last `days` UTC days, most first."""
+        now = time.time() if now is None else now
+        pipe = self.redis.pipeline(transaction=False)
+        for back in range(days):
+            pipe.hgetall(self.keys.breakdown(dimension, utc_day(now - back * 86400)))
+        totals: dict[str, int] = {}
+        for day in await pipe.execute():
+            for value, clicks in day.items():
+                totals[_text(value)] = totals.get(_text(value), 0) + int(clicks)
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        return [Entry(i + 1, value, clicks) for i, (value, clicks) in enumerate(ranked)]
+
+    async def countries(self, limit: int) -> list[tuple[str, int]]:
+        """The country leaderboard (all time)."""
+        flat = await self.redis.zrevrange(self.keys.country_board, 0, limit - 1, withscores=True)
+        return [(_text(row[0]), int(row[1])) for row in flat]
 
     # -- presence ----------------------------------------------------------
     async def heartbeat(self, instance_id: str, connections: int, ttl_ms: int) -> None:

@@ -13,6 +13,8 @@ import socketio
 from redis.exceptions import RedisError
 
 from service import metrics
+from service.breakdown import Profile, classify, country_of
+from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
 from service.validation import click_n
 
@@ -96,6 +98,7 @@ def register(rt: Runtime) -> None:
                 _refuse(invalid_token())
             assert player is not None
             rt.players[sid] = player
+            rt.profiles[sid] = _profile(environ)
             await sio.enter_room(sid, player_room(player.canon, player.nonce))
         rt.presence.connected()
         welcome = asyncio.create_task(_welcome(rt, sid))
@@ -105,6 +108,7 @@ def register(rt: Runtime) -> None:
     @sio.event
     async def disconnect(sid: str, reason: Any = None) -> None:
         rt.players.pop(sid, None)
+        rt.profiles.pop(sid, None)
         guard.forget(sid)
         rt.presence.disconnected()
 
@@ -123,12 +127,14 @@ def register(rt: Runtime) -> None:
         if len(args) > 1:
             raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
         n = click_n(args[0] if args else None)
+        profile = rt.profiles.get(sid, ANONYMOUS)
         try:
-            result = await rt.counter.click(player, n, rt.settings.rate_limit_cps)
+            result = await rt.counter.click(player, n, rt.settings.rate_limit_cps, profile)
         except ApiError as exc:
             metrics.REFUSED.labels(exc.code).inc()
             raise
         metrics.CLICKS.labels("socket").inc(n)
+        await rt.announce_milestones(player, result)
         return {"user": result.user, "global": result.global_count, "rank": result.rank}
 
     @sio.on("*")
@@ -154,6 +160,15 @@ async def _welcome(rt: Runtime, sid: str) -> None:
         return  # the first tick after Redis returns brings the state
     if body is not None:
         await rt.sio.emit("state", body, to=sid)
+
+
+def _profile(environ: dict[str, Any]) -> Profile:
+    """Classify a connection once, from its handshake's headers."""
+    headers = {
+        "x-country": environ.get("HTTP_X_COUNTRY", ""),
+        "cf-ipcountry": environ.get("HTTP_CF_IPCOUNTRY", ""),
+    }
+    return classify(str(environ.get("HTTP_USER_AGENT", "")), country_of(headers))
 
 
 def _refuse(error: ApiError) -> None:

@@ -51,10 +51,8 @@ class Keys:
         return f"{self.prefix}bd:{dimension}:{day}"
 
     @property
-    def breakdown_days(self) -> str:
-        # Set of "dimension:day" pairs the click path has written, so the
-        # worker can find them without SCAN.
-        return self.prefix + "bd:days"
+    def breakdown_pattern(self) -> str:
+        return self.prefix + "bd:*"
 
     # -- snapshot bookkeeping -----------------------------------------------
     @property
@@ -120,11 +118,21 @@ class Keys:
     def events(self) -> str:
         return self.prefix + "events"
 
-    # -- milestones --------------------------------------------------------
     @property
     def country_board(self) -> str:
         # Sorted set: country code -> clicks, all time.
         return self.prefix + "countries"
+
+    # -- milestones --------------------------------------------------------
+    @property
+    def milestone_global(self) -> str:
+        # The highest global milestone announced; a value is announced once, ever.
+        return self.prefix + "milestone:global"
+
+    @property
+    def milestone_personal(self) -> str:
+        # Hash: canonical name -> the highest personal milestone announced.
+        return self.prefix + "milestone:personal"
 
     # -- the worker ----------------------------------------------------------
     @property

@@ -364,15 +364,21 @@ class Store:
             )
             return {(str(d), str(k), str(v)): int(c) for d, k, v, c in cursor.fetchall()}
 
-    def users_updated_until(self, end_ms: int) -> list[tuple[str, int, int]]:
-        """(username, count, updated_at ms) of users as of the last snapshot before end_ms."""
+    def country_totals(self) -> dict[str, int]:
+        """All-time clicks per country, for the country board."""
         with self.connect() as conn:
             cursor = conn.cursor()
             cursor.execute(
-                self._sql(
-                    "SELECT username, count, updated_at FROM users WHERE updated_at < %s"
-                    " ORDER BY count DESC, username"
-                ),
-                (end_ms,),
+                "SELECT value, SUM(clicks) FROM breakdowns WHERE dimension = 'country'"
+                " GROUP BY value"
+            )
+            return {str(v): int(c) for v, c in cursor.fetchall()}
+
+    def all_users(self) -> list[tuple[str, int, int]]:
+        """(username, count, updated_at ms) of every user, as of the last snapshot."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                "SELECT username, count, updated_at FROM users ORDER BY count DESC, username"
             )
             return [(str(u), int(c), int(t)) for u, c, t in cursor.fetchall()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from service.breakdown import DIMENSIONS
 from service.errors import ApiError, invalid
 
 MAX_USERNAME = 32
@@ -76,10 +77,10 @@ def _query_int(query: Any, name: str, default: int) -> int:
     return int(raw)
 
 
-def paging(query: Any) -> tuple[int, int]:
+def paging(query: Any, default_limit: int = 50) -> tuple[int, int]:
     """offset >= 0 and limit 1..200 from a query string."""
     offset = _query_int(query, "offset", 0)
-    limit = _query_int(query, "limit", 50)
+    limit = _query_int(query, "limit", default_limit)
     if not 1 <= limit <= MAX_PAGE:
         raise invalid("invalid_paging", f"limit must be from 1 to {MAX_PAGE}.")
     return offset, limit
@@ -90,6 +91,14 @@ def window(query: Any, allowed: tuple[str, ...] = tuple(WINDOWS)) -> str:
     value = query.get("window", "hour")
     if value not in allowed:
         raise invalid("invalid_window", f"window must be one of: {', '.join(allowed)}.")
+    return str(value)
+
+
+def dimension(query: Any) -> str:
+    """One of the breakdown dimensions."""
+    value = query.get("dimension")
+    if value not in DIMENSIONS:
+        raise invalid("invalid_dimension", f"dimension must be one of: {', '.join(DIMENSIONS)}.")
     return str(value)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from service.breakdown import Profile
 from service.counter import Counter
 from service.errors import ApiError
 from service.keys import Keys
@@ -151,3 +152,19 @@ async def test_an_empty_store_means_a_fresh_deployment(
     assert await restorer.needed()
     assert await restorer.run(lambda: True) is None
     assert not await restorer.needed()
+
+
+async def test_stats_breakdowns_and_countries_survive_the_loss(
+    counter: Counter, redis: Any, keys: Keys, store: Store
+) -> None:
+    player = await make_player(counter, "Sta")
+    await counter.click(player, 4, 1000, Profile(device="tablet", country="BR"))
+    await Snapshotter(redis, keys, store).snapshot(fence=1)
+    hour_before = (await counter.stats("week"))["points"]
+    await lose_everything(redis, keys)
+    await counter.click(player, 1, 1000, Profile(device="tablet", country="BR"))
+    await Restorer(redis, keys, store).run(lambda: True)
+    week = (await counter.stats("week"))["points"]
+    assert sum(c for _, c in week) == sum(c for _, c in hour_before) + 1
+    assert [(e.username, e.count) for e in await counter.breakdown("device", 7)] == [("tablet", 5)]
+    assert await counter.countries(10) == [("BR", 5)]

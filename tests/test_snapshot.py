@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.counter import Counter
+from service.breakdown import Profile
+from service.counter import Counter, utc_day
 from service.keys import Keys
 from service.store import Store
 from service.tokens import Player
@@ -55,7 +57,8 @@ async def test_only_changed_users_are_written(
     report = await snapshotter.snapshot(fence=1)
     assert report is not None
     assert report.users == 2, "only the two players who clicked are dirty"
-    assert report.rows <= 3  # two users and at most the one minute bucket that moved
+    # Two users, the one minute bucket that moved, one value per breakdown dimension.
+    assert report.rows <= 2 + 1 + 4
     assert store.user_sum() == (50, 5)
 
 
@@ -136,3 +139,17 @@ async def test_minute_buckets_reach_sql(
     await counter.click(player, 6, 1000)
     await Snapshotter(redis, keys, store).snapshot(fence=1)
     assert sum(store.minutes_between(0, 2**40).values()) == 6
+
+
+async def test_breakdowns_reach_sql(counter: Counter, redis: Any, keys: Keys, store: Store) -> None:
+    player = await make_player(counter, "Brk")
+    phone = Profile(device="mobile", browser="Mobile Safari", platform="iOS", country="NZ")
+    await counter.click(player, 3, 1000, phone)
+    await counter.click(player, 2, 1000, Profile(device="desktop", country="NZ"))
+    await Snapshotter(redis, keys, store).snapshot(fence=1)
+    day = utc_day(time.time())
+    stored = store.breakdowns_between(day, day)
+    assert stored[(day, "device", "mobile")] == 3
+    assert stored[(day, "device", "desktop")] == 2
+    assert stored[(day, "country", "NZ")] == 5
+    assert store.country_totals() == {"NZ": 5}

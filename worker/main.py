@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pymysql
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,6 +25,7 @@ from service.keys import Keys
 from service.logs import configure_logging
 from service.settings import Settings
 from service.store import StaleFence, Store
+from worker.export import ExportError, export_day, yesterday
 from worker.lease import Lease
 from worker.restore import Restorer
 from worker.snapshot import Snapshotter
@@ -77,6 +79,10 @@ class Worker:
             self.snapshot, "interval", seconds=self.settings.snapshot_interval_s, id="snapshot"
         )
         self.scheduler.add_job(self.prune, "interval", hours=1, id="prune")
+        if self.settings.export_hour is not None:
+            self.scheduler.add_job(
+                self.export, "cron", hour=self.settings.export_hour, minute=5, id="export"
+            )
         self.scheduler.start()
         log.info(
             "worker %s started (snapshot every %ss into %s)",
@@ -187,12 +193,28 @@ class Worker:
     async def prune(self) -> None:
         if self.lease.held:
             try:
-                dropped = await self.snapshotter.prune_minutes()
+                dropped = await self.snapshotter.prune()
             except OUTSIDE_ERRORS as exc:
-                log.warning("pruning old minute buckets failed: %s", exc)
+                log.warning("pruning old counters failed: %s", exc)
                 return
             if dropped:
-                log.info("pruned old minute buckets from Redis", extra={"buckets": dropped})
+                log.info("pruned old counters from Redis", extra={"entries": dropped})
+
+    async def export(self) -> None:
+        """The daily export of the previous UTC day, by the leader only."""
+        if not self.lease.held:
+            return
+        day = yesterday()
+        try:
+            await asyncio.to_thread(
+                export_day,
+                self.store,
+                day,
+                self.settings.export_format,
+                Path(self.settings.export_dir),
+            )
+        except (*OUTSIDE_ERRORS, ExportError) as exc:
+            log.warning("daily export of %s failed: %s", day, exc)
 
     # -- shutdown ------------------------------------------------------------
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -10,9 +11,10 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from service.counter import load_script
+from service.counter import load_script, utc_day
 from service.keys import Keys
 from service.store import Store
+from worker.snapshot import HISTORY_S
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,7 @@ class Restorer:
         await self.redis.hset(k.restore, "expected_users", str(await self._user_count()))
         await self.redis.set(k.secret, await asyncio.to_thread(self.store.secret))
 
-        minutes = await asyncio.to_thread(
-            self.store.minutes_between, int(time.time()) - 8 * 86400, 2**62
-        )
-        args: list[int] = [totals.clicks_total]
-        for minute, clicks in sorted(minutes.items()):
-            args += [minute, clicks]
-        await self._totals(keys=[k.restore, k.clicks_total, k.minutes], args=args)
+        await self._restore_counters(totals.clicks_total)
 
         restored = 0
         while True:
@@ -127,6 +123,27 @@ class Restorer:
             },
         )
         return restored
+
+    async def _restore_counters(self, clicks_total: int) -> None:
+        """Clicks total, minute buckets, a week of breakdowns and the country board."""
+        k = self.keys
+        now = time.time()
+        minutes = await asyncio.to_thread(self.store.minutes_between, int(now) - HISTORY_S, 2**62)
+        first_day = utc_day(now - HISTORY_S)
+        breakdowns = await asyncio.to_thread(self.store.breakdowns_between, first_day, "9999-12-31")
+        countries = await asyncio.to_thread(self.store.country_totals)
+        hashes: dict[str, list[list[str | int]]] = {}
+        for (day, dimension, value), clicks in sorted(breakdowns.items()):
+            hashes.setdefault(k.breakdown(dimension, day), []).append([value, clicks])
+        data = {
+            "minutes": [[str(m), c] for m, c in sorted(minutes.items())],
+            "countries": [[code, clicks] for code, clicks in sorted(countries.items())],
+            "hashes": list(hashes.values()),
+        }
+        await self._totals(
+            keys=[k.restore, k.clicks_total, k.minutes, k.country_board, *hashes],
+            args=[clicks_total, json.dumps(data)],
+        )
 
     async def _user_count(self) -> int:
         users, _ = await asyncio.to_thread(self.store.user_sum)

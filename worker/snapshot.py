@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from service.counter import load_script
+from service.breakdown import DIMENSIONS
+from service.counter import load_script, utc_day
 from service.keys import Keys
 from service.store import Cut, Store, UserRow
 
@@ -46,16 +47,21 @@ class Snapshotter:
         # The first snapshot of this process re-reads the whole stats history;
         # later ones only the minutes since the previous cut.
         self._since_ms: int | None = None
-        # Minute buckets as last written, so an idle minute is not rewritten every time.
+        # Counters as last written, so an idle minute or value is not rewritten every time.
         self._written_minutes: dict[int, int] = {}
+        self._written_breakdowns: dict[tuple[str, str, str], int] = {}
 
     async def read_cut(self) -> Cut | None:
         """The cut, or None while a restore is pending (Redis is not the truth yet)."""
         k = self.keys
         now = int(time.time())
         since_ms = self._since_ms
-        first = (since_ms // 1000 if since_ms else now - HISTORY_S) // 60 * 60 - 60
+        since = since_ms // 1000 if since_ms else now - HISTORY_S
+        first = since // 60 * 60 - 60
         last = now // 60 * 60 + 60
+        # Every UTC day the window touches, for the breakdown counters.
+        days = sorted({utc_day(t) for t in range(since - 60, now + 61, 3600)} | {utc_day(now)})
+        wanted = [(day, dimension) for day in days for dimension in DIMENSIONS]
         reply = await self._take_cut(
             keys=[
                 k.epoch,
@@ -69,12 +75,17 @@ class Snapshotter:
                 k.minutes,
                 k.tombstones,
                 k.tombstones_inflight,
+                *(k.breakdown(dimension, day) for day, dimension in wanted),
             ],
             args=[first, last],
         )
         if _text(reply[0]) == "restoring":
             return None
         flat_users, deleted, flat_minutes, flat_tombs = reply[4], reply[5], reply[6], reply[7]
+        breakdowns: dict[tuple[str, str, str], int] = {}
+        for (day, dimension), flat in zip(wanted, reply[8], strict=True):
+            for i in range(0, len(flat), 2):
+                breakdowns[(day, dimension, _text(flat[i]))] = int(flat[i + 1])
         users = [
             UserRow(
                 canon=_text(flat_users[i]),
@@ -98,6 +109,7 @@ class Snapshotter:
                 (_text(flat_tombs[i]), _text(flat_tombs[i + 1]))
                 for i in range(0, len(flat_tombs), 2)
             ],
+            breakdowns=breakdowns,
         )
 
     async def snapshot(self, fence: int) -> Report | None:
@@ -111,8 +123,18 @@ class Snapshotter:
             for minute, clicks in cut.minutes.items()
             if self._written_minutes.get(minute) != clicks
         }
+        cut.breakdowns = {
+            key: clicks
+            for key, clicks in cut.breakdowns.items()
+            if self._written_breakdowns.get(key) != clicks
+        }
         rows = await asyncio.to_thread(self.store.write_snapshot, cut, fence)
         self._written_minutes.update(cut.minutes)
+        self._written_breakdowns.update(cut.breakdowns)
+        today = utc_day(cut.server_ms / 1000)
+        self._written_breakdowns = {
+            key: c for key, c in self._written_breakdowns.items() if key[0] >= today
+        }
         horizon = cut.server_ms // 1000 - 3600
         self._written_minutes = {m: c for m, c in self._written_minutes.items() if m >= horizon}
         # Only now are the in-flight changes safely in SQL.
@@ -127,8 +149,8 @@ class Snapshotter:
             server_ms=cut.server_ms,
         )
 
-    async def prune_minutes(self) -> int:
-        """Drop minute buckets older than the history Redis keeps (SQL keeps them all)."""
+    async def prune(self) -> int:
+        """Drop minute buckets and breakdown days older than Redis keeps (SQL keeps all)."""
         horizon = int(time.time()) - HISTORY_S
         old = [
             field
@@ -137,4 +159,12 @@ class Snapshotter:
         ]
         if old:
             await self.redis.hdel(self.keys.minutes, *old)
-        return len(old)
+        oldest_day = utc_day(horizon)
+        stale = [
+            key
+            async for key in self.redis.scan_iter(match=self.keys.breakdown_pattern)
+            if _text(key).rsplit(":", 1)[-1] < oldest_day
+        ]
+        if stale:
+            await self.redis.delete(*stale)
+        return len(old) + len(stale)

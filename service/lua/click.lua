@@ -4,8 +4,13 @@
 -- script, global == sum(user counts) holds at every instant, on any number of
 -- instances.
 --
+-- It also counts the click in today's breakdowns (device, browser, platform,
+-- country) and notices milestones, still in the same single round trip.
+--
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional rate lex
--- ARGV: canon display nonce n limit window_ms
+--       bd_device bd_browser bd_platform bd_country countries milestone_global
+--       milestone_personal
+-- ARGV: canon display nonce n limit window_ms device browser platform country
 local canon, display, nonce = ARGV[1], ARGV[2], ARGV[3]
 local n, limit, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local t = redis.call('TIME')
@@ -70,5 +75,43 @@ local global = redis.call('INCRBY', KEYS[4], n)
 redis.call('INCRBY', KEYS[5], n)
 redis.call('HINCRBY', KEYS[6], math.floor(now / 60000) * 60, n)
 redis.call('SADD', KEYS[7], canon)
+for i = 0, 3 do
+  redis.call('HINCRBY', KEYS[12 + i], ARGV[7 + i], n)
+end
+redis.call('ZINCRBY', KEYS[16], n, ARGV[10])
 local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
-return {'ok', tonumber(user), global, rank}
+
+-- A milestone is crossed when the count passes a power of ten (global from
+-- 1,000, personal from 100). Each value is announced once: the highest one
+-- announced is remembered, so a count that drops and climbs again is quiet.
+-- Provisional clicks (before a restore) announce nothing.
+local function crossed(before, after, first)
+  local m = first
+  while m <= after do
+    if before < m then
+      return m
+    end
+    m = m * 10
+  end
+  return 0
+end
+local global_milestone = crossed(global - n, global, 1000)
+local personal_milestone = crossed(tonumber(user) - n, tonumber(user), 100)
+if provisional then
+  global_milestone, personal_milestone = 0, 0
+end
+if global_milestone > 0 then
+  if tonumber(redis.call('GET', KEYS[17]) or '0') < global_milestone then
+    redis.call('SET', KEYS[17], global_milestone)
+  else
+    global_milestone = 0
+  end
+end
+if personal_milestone > 0 then
+  if tonumber(redis.call('HGET', KEYS[18], canon) or '0') < personal_milestone then
+    redis.call('HSET', KEYS[18], canon, personal_milestone)
+  else
+    personal_milestone = 0
+  end
+end
+return {'ok', tonumber(user), global, rank, global_milestone, personal_milestone}

@@ -1,7 +1,7 @@
 -- An admin deletes a user: the count leaves the global count, the token's
 -- nonce is dropped (so the token dies) and the name becomes free, in one step.
 --
--- KEYS: names board global dirty epoch nonces lex provisional tombstones
+-- KEYS: names board global dirty epoch nonces lex provisional tombstones milestone_personal
 -- ARGV: canon
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {'restoring'}
@@ -19,6 +19,7 @@ redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('SREM', KEYS[8], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[10], ARGV[1])
 -- Remember which token died, so a restore after a Redis loss cannot bring it back.
 if nonce then
   redis.call('HSET', KEYS[9], ARGV[1], nonce)

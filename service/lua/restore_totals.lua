@@ -1,15 +1,27 @@
--- First step of a restore: the all-time click total and the per-minute
--- buckets are added (never set) to whatever was counted since Redis came
--- back. The "totals" flag makes the step happen once even if retried.
+-- First step of a restore: the all-time click total, the per-minute buckets,
+-- the breakdown counters and the country board are added (never set) to
+-- whatever was counted since Redis came back. The "totals" flag makes the
+-- step happen once even if retried.
 --
--- KEYS: restore clicks_total minutes
--- ARGV: clicks_total, then minute, clicks pairs
+-- KEYS: restore clicks_total minutes countries, then one breakdown hash per entry
+--       of ARGV[2].hashes
+-- ARGV: clicks_total, json {"minutes": [[minute, clicks]], "countries": [[code, clicks]],
+--       "hashes": [[[value, clicks], ...] per breakdown key]}
 if redis.call('HGET', KEYS[1], 'totals') == '1' then
   return 0
 end
+local data = cjson.decode(ARGV[2])
 redis.call('INCRBY', KEYS[2], ARGV[1])
-for i = 2, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+for _, pair in ipairs(data.minutes) do
+  redis.call('HINCRBY', KEYS[3], pair[1], pair[2])
+end
+for _, pair in ipairs(data.countries) do
+  redis.call('ZINCRBY', KEYS[4], pair[2], pair[1])
+end
+for i, pairs in ipairs(data.hashes) do
+  for _, pair in ipairs(pairs) do
+    redis.call('HINCRBY', KEYS[4 + i], pair[1], pair[2])
+  end
 end
 redis.call('HSET', KEYS[1], 'totals', '1')
 return 1

@@ -4,7 +4,7 @@
 -- a snapshot that dies is retried from it, so no change is ever forgotten.
 --
 -- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
---       tombstones tombstones_inflight
+--       tombstones tombstones_inflight, then the breakdown hashes of the days wanted
 -- ARGV: first_minute last_minute
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'restoring'}
@@ -47,6 +47,10 @@ for chunk = first, last, 60 * 1000 do
     end
   end
 end
+local breakdowns = {}
+for i = 12, #KEYS do
+  table.insert(breakdowns, redis.call('HGETALL', KEYS[i]))
+end
 local t = redis.call('TIME')
 return {
   'ok',
@@ -57,4 +61,5 @@ return {
   deleted,
   minutes,
   redis.call('HGETALL', KEYS[11]),
+  breakdowns,
 }

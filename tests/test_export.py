@@ -1,0 +1,85 @@
+"""Exports: a day's minutes, breakdowns and users, partitioned, read back with pandas."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from service.store import Cut, Store, UserRow
+from worker.export import ExportError, export_day, parse_day
+
+DAY = date(2026, 11, 23)
+START = 1795392000  # 2026-11-23T00:00:00Z
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    url = (
+        f"sqlite:///{tmp_path / 'export.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("mysql_url")
+    )
+    result = Store(url)
+    result.migrate()
+    users = [UserRow("ann", "Ann", "n", 7), UserRow("bo", "Bo", "m", 3)]
+    result.write_snapshot(
+        Cut(
+            global_count=10,
+            clicks_total=10,
+            server_ms=START * 1000 + 5000,
+            users=users,
+            # Two minutes of the day, one of the day before (must not be exported).
+            minutes={START: 4, START + 3600: 6, START - 60: 99},
+            breakdowns={
+                ("2026-11-23", "device", "mobile"): 6,
+                ("2026-11-23", "device", "desktop"): 4,
+                ("2026-11-23", "country", "FR"): 10,
+                ("2026-11-22", "device", "mobile"): 99,
+            },
+        ),
+        fence=1,
+    )
+    return result
+
+
+def test_parquet_round_trips_through_pandas(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    files = export_day(store, DAY, "parquet", out)
+    assert files["minutes"] == out / "minutes/year=2026/month=11/day=23/minutes.parquet"
+    minutes = pd.read_parquet(out / "minutes")
+    assert len(minutes) == 1440 and minutes["clicks"].sum() == 10
+    assert minutes.set_index("minute")["clicks"][pd.Timestamp(START, unit="s", tz="UTC")] == 4
+    assert set(minutes["day"].astype(int)) == {23}  # the partition column comes back
+    breakdowns = pd.read_parquet(out / "breakdowns")
+    by_key = {(r.dimension, r.value): r.clicks for r in breakdowns.itertuples()}
+    assert by_key == {("country", "FR"): 10, ("device", "desktop"): 4, ("device", "mobile"): 6}
+    users = pd.read_parquet(out / "users")
+    assert dict(zip(users["username"], users["count"], strict=True)) == {"Ann": 7, "Bo": 3}
+
+
+def test_csv_has_the_same_rows(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    files = export_day(store, DAY, "csv", out)
+    minutes = pd.read_csv(files["minutes"])
+    assert len(minutes) == 1440 and minutes["clicks"].sum() == 10
+    breakdowns = pd.read_csv(files["breakdowns"])
+    assert breakdowns["clicks"].sum() == 20
+    assert pd.read_csv(files["users"])["count"].tolist() == [7, 3]
+
+
+def test_exporting_a_day_twice_replaces_it(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_day(store, DAY, "parquet", out)
+    export_day(store, DAY, "parquet", out)
+    assert pd.read_parquet(out / "minutes")["clicks"].sum() == 10
+    assert list((out / "minutes").rglob("*.tmp")) == []
+
+
+def test_bad_arguments_are_clear() -> None:
+    with pytest.raises(ExportError, match="YYYY-MM-DD"):
+        parse_day("23/11/2026")
+    with pytest.raises(ExportError, match="format"):
+        export_day(Store("sqlite:///unused.db"), DAY, "xlsx", Path("/tmp"))
