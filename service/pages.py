@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
@@ -41,9 +44,21 @@ async def dashboard(request: Request) -> Response:
     return _page("dashboard.html")
 
 
+class Assets(StaticFiles):
+    """Built files; those under assets/ have content hashes in their names, so they never
+    change and browsers may keep them for a year."""
+
+    def file_response(self, full_path: PathLike[str] | str, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
+        if f"{os.sep}assets{os.sep}" in str(full_path):
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/", play, methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+        Mount("/static", Assets(directory=STATIC, check_dir=False), name="static"),
     ]

@@ -46,9 +46,11 @@ class ClickRate:
 
 
 def state_body(state: State, cps: float, tick: int) -> dict[str, Any]:
-    """The contract's state message (and GET /api/state body), plus the tick id."""
+    """The contract's state message (and GET /api/state body), plus the tick id and the
+    all-time click total (which, unlike global, admin edits leave alone)."""
     return {
         "global": state.global_count,
+        "clicks": state.clicks_total,
         "online": state.online,
         "cps": cps,
         "users": state.users,
