@@ -9,6 +9,7 @@ subscribed but deaf shows as down in /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -78,10 +79,9 @@ class Bus:
         finally:
             self.subscribed = False
             metrics.PUBSUB_UP.set(0)
-            try:
-                await asyncio.shield(pubsub.aclose())
-            except Exception:  # the connection is already broken; nothing to close cleanly
-                pass
+            # Bounded: a half-dead connection must not hold up a shutdown.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), timeout=2)
 
     async def _dispatch(self, raw: bytes | str) -> None:
         try:

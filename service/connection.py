@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -27,6 +27,7 @@ def connect_redis(url: str, *, max_connections: int = MAX_CONNECTIONS) -> Redis:
     """A client for this URL. With Sentinel it follows the current primary across failovers.
 
     redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
+        [?sentinel_password=...]  (when the Sentinels themselves require a password)
     """
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(url)
@@ -50,6 +51,10 @@ def _sentinel_client(url: str) -> Redis:
         raise ValueError("redis+sentinel:// URLs need the service name: .../mymaster[/db]")
     service = path[0]
     db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 1.0})
+    sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": 1.0}
+    sentinel_password = parse_qs(parts.query).get("sentinel_password")
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password[0]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
     client: Redis = sentinel.master_for(service, db=db, password=password, **_CLIENT_OPTIONS)
     return client

@@ -39,10 +39,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json", **static: str) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    access = logging.getLogger("uvicorn.access")
+    # uvicorn --no-access-log leaves this logger without handlers: keep it off then.
+    access_on = bool(access.handlers) or access.propagate
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    access.propagate = access_on
+    access.disabled = not access_on
     # These log every packet or every job run at INFO; that is noise at any scale.
     for name in ("socketio", "engineio", "socketio.server", "engineio.server", "apscheduler"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -42,16 +42,17 @@ class Loop:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
-    async def stop(self) -> None:
-        """Cancel the task and wait for it; re-raise anything it died of except cancellation."""
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel the task and wait for it, but not forever: shutdown must always finish."""
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            log.error("%s did not stop within %.0fs; abandoning it", self.name, timeout_s)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("%s had failed: %s", self.name, task.exception())
 
     @property
     def running(self) -> bool:

@@ -3,6 +3,7 @@ every worker's /metrics report the sum over all of them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -13,7 +14,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 CLICKS = Counter("clickky_clicks_total", "Clicks counted by this instance.", ["transport"])
 REFUSED = Counter("clickky_clicks_refused_total", "Click requests refused, by reason.", ["reason"])
@@ -57,12 +60,24 @@ def render(cluster: dict[str, float | None], *, multiprocess: bool) -> tuple[byt
         local = generate_latest(registry)
     else:
         local = generate_latest()
-    # The cluster view is read fresh for each scrape, so it goes in a throwaway registry.
-    shared = CollectorRegistry()
-    for name, value in cluster.items():
-        if value is not None:
-            Gauge(f"clickky_{name}", _CLUSTER_HELP.get(name, name), registry=shared).set(value)
+    # The cluster view is read fresh for each scrape. It is yielded by a collector, not
+    # kept in Gauge objects: in multiprocess mode those would leave per-pid files behind
+    # and every later scrape would repeat the family.
+    shared = CollectorRegistry(auto_describe=False)
+    shared.register(_Snapshot(cluster))
     return local + generate_latest(shared), CONTENT_TYPE_LATEST
+
+
+class _Snapshot(Collector):
+    """Yields the cluster gauges read for this scrape."""
+
+    def __init__(self, values: dict[str, float | None]) -> None:
+        self.values = values
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self.values.items():
+            if value is not None:
+                yield GaugeMetricFamily(f"clickky_{name}", _CLUSTER_HELP.get(name, name), value)
 
 
 _CLUSTER_HELP = {

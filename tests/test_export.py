@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from service.store import Cut, Store, UserRow
-from worker.export import ExportError, export_day, parse_day
+from worker.cli import main
+from worker.export import ExportError, export_day, parse_day, partition
 
 DAY = date(2026, 11, 23)
 START = 1795392000  # 2026-11-23T00:00:00Z
@@ -83,3 +84,19 @@ def test_bad_arguments_are_clear() -> None:
         parse_day("23/11/2026")
     with pytest.raises(ExportError, match="format"):
         export_day(Store("sqlite:///unused.db"), DAY, "xlsx", Path("/tmp"))
+
+
+def test_the_clickky_export_command(
+    store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", store.url)
+    out = tmp_path / "cli"
+    status = main(["export", "--day", "2026-11-23", "--format", "csv", "--out", str(out)])
+    assert status == 0
+    assert "minutes:" in capsys.readouterr().out
+    assert pd.read_csv(partition(out, "users", DAY) / "users.csv")["count"].sum() == 10
+    assert main(["export", "--day", "yesterday", "--out", str(out)]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""The `clickky` command. Each subcommand is one `add_*` function listed in SUBCOMMANDS.
+
+To add one: write `add_x(commands)` that calls `commands.add_parser("x", ...)`, declares
+its arguments and sets `handler=` to a function taking the parsed arguments and returning
+the exit status; then append `add_x` to SUBCOMMANDS. Import heavy modules inside the
+handler, so `clickky --help` and the other subcommands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--port", type=_port, default=port, help=f"port to serve on ({port})")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for all)"
+    )
+    parser.add_argument(
+        "--no-worker",
+        dest="worker",
+        action="store_false",
+        help="do not start the worker (snapshots run elsewhere)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from worker import launcher
+
+    return launcher.run(host=args.host, port=args.port, worker=args.worker)
+
+
+def add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run it locally: Redis (embedded unless REDIS_URL), one instance, the worker",
+        description=(
+            "Start one service instance and the worker. Without REDIS_URL, an embedded "
+            "redis-server keeps its data in ./.clickky/redis; without DATABASE_URL, snapshots "
+            "go to ./clickky.db. Ctrl-C stops everything."
+        ),
+    )
+    _common(parser, 8000)
+    parser.set_defaults(handler=_run)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from worker import launcher
+
+    return launcher.stack(
+        instances=args.instances,
+        host=args.host,
+        port=args.port,
+        worker=args.worker,
+        nginx=args.nginx,
+    )
+
+
+def add_stack(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "stack",
+        help="N instances, the worker and nginx in front of them, without Docker",
+        description=(
+            "Start N instances on free ports, the worker, and nginx (deploy/nginx config) "
+            "in front of them on --port. Ctrl-C stops everything."
+        ),
+    )
+    parser.add_argument("--instances", type=_positive, default=3, help="instances to run (3)")
+    parser.add_argument("--nginx", help="the nginx binary (default: PATH, then /usr/sbin/nginx)")
+    _common(parser, 8080)
+    parser.set_defaults(handler=_stack)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from service.logs import configure_logging
+    from service.settings import Settings
+    from service.store import Store
+    from worker.export import ExportError, export_day, parse_day
+
+    settings = Settings.from_environ()
+    configure_logging(settings.log_level, "text", process="export")
+    try:
+        files = export_day(
+            Store(settings.database_url), parse_day(args.day), args.format, Path(args.out)
+        )
+    except ExportError as exc:
+        print(f"clickky export: {exc}", file=sys.stderr)
+        return 2
+    for table, path in files.items():
+        print(f"{table}: {path}")
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write one day's minutes, breakdowns and users from the SQL store",
+        description=(
+            "Write OUT/{minutes,breakdowns,users}/year=YYYY/month=MM/day=DD/<table>.<format> "
+            "from DATABASE_URL, so pandas.read_parquet(OUT/'minutes') reads every day."
+        ),
+    )
+    parser.add_argument("--day", required=True, help="the UTC day, YYYY-MM-DD")
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    parser.add_argument("--out", default="exports", help="output folder (./exports)")
+    parser.set_defaults(handler=_export)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.main import main as worker_main
+
+    worker_main(["--check"] if args.check else [])
+    return 0
+
+
+def add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "worker", help="the snapshot worker (same as python -m worker)", description=None
+    )
+    parser.add_argument("--check", action="store_true", help="healthcheck: exit 0 or 1")
+    parser.set_defaults(handler=_worker)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    add_run,
+    add_stack,
+    add_export,
+    add_worker,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickky", description="Clickky, a real-time global click counter."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `clickky` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.handler(args)
+    return status
