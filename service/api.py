@@ -96,7 +96,7 @@ async def join(request: Request) -> Response:
 async def click(request: Request) -> Response:
     rt = _runtime(request)
     player = _player(request)
-    n = validation.click_n(await read_json(request, optional=True))
+    n = validation.click_n(await read_json(request, optional=True), rt.settings.rate_limit_cps)
     headers = request.headers
     profile = classify(headers.get("user-agent", ""), country_of(dict(headers)))
     try:

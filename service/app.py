@@ -21,6 +21,7 @@ from service.bus import Bus
 from service.connection import connect_redis
 from service.counter import ClickResult, Counter
 from service.events import player_room
+from service.janitor import SocketJanitor
 from service.keys import Keys
 from service.logs import configure_logging
 from service.loops import Loop
@@ -53,6 +54,11 @@ class Runtime:
         )
         self.players: dict[str, Player] = {}
         self.profiles: dict[str, Profile] = {}
+        # Connections this instance has counted (a client can send an event named
+        # "connect" or "disconnect"; only the real ones may move presence).
+        self.connected: set[str] = set()
+        # Connections whose first state is on its way; broadcasts skip them until then.
+        self.welcoming: set[str] = set()
         self.draining = False
         # Set by the lifespan:
         self.counter: Counter
@@ -67,7 +73,16 @@ class Runtime:
         await self.sio.emit(event, data, to=room)
 
     async def broadcast_state(self, body: dict[str, Any]) -> None:
-        await self.sio.emit("state", body)
+        await self.sio.emit("state", body, skip_sid=list(self.welcoming) or None)
+
+    def forget(self, sid: str) -> None:
+        """Drop everything this instance holds for a connection; idempotent."""
+        if sid in self.connected:
+            self.connected.discard(sid)
+            self.presence.disconnected()
+        self.players.pop(sid, None)
+        self.profiles.pop(sid, None)
+        self.welcoming.discard(sid)
 
     async def announce_milestones(self, player: Player, result: ClickResult) -> None:
         """Tell everyone (global) or the player (personal); the Lua script fired it once."""
@@ -110,11 +125,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime.presence = Presence(counter, runtime.instance_id, settings.presence_ttl_s)
         runtime.ticker = Ticker(counter, settings.broadcast_interval_ms, runtime.broadcast_state)
         runtime.bus = Bus(redis, runtime.keys.events, runtime.instance_id, runtime.deliver)
+        # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
+        listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)
+        runtime.bus.on_subscribed = listener.mark_ok
         runtime.loops = [
             Loop("presence", runtime.presence.step, first_backoff_s=0.5, max_backoff_s=5),
             Loop("ticker", runtime.ticker.step, first_backoff_s=0.2, max_backoff_s=2),
-            # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
-            Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10),
+            listener,
         ]
         for loop in runtime.loops:
             loop.start()
@@ -144,7 +161,7 @@ def _redacted(url: str) -> str:
     return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
-def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
+def create_app(settings: Settings | None = None) -> SocketJanitor:
     """The Socket.IO server at /socket.io, with the HTTP API and pages behind it."""
     settings = settings or Settings.from_environ()
     runtime = Runtime(settings)
@@ -153,12 +170,15 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
         exception_handlers=api.exception_handlers(),
         lifespan=lifespan,
     )
+    # A missing trailing slash is a 404 in the contract's shape, not a redirect.
+    http.router.redirect_slashes = False
     http.state.runtime = runtime
     events.register(runtime)
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
-    asgi.runtime = runtime
-    return asgi
+    janitor = SocketJanitor(asgi, runtime.sio)
+    janitor.runtime = runtime  # type: ignore[attr-defined]
+    return janitor
 
 
 app = create_app()

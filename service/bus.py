@@ -44,6 +44,8 @@ class Bus:
         self.ping_interval_s = ping_interval_s
         self.subscribed = False
         self.last_echo = 0.0
+        # Called on every (re)subscription; the Loop running listen() marks itself healthy.
+        self.on_subscribed: Callable[[], None] = lambda: None
 
     @property
     def healthy(self) -> bool:
@@ -63,6 +65,7 @@ class Bus:
         try:
             await pubsub.subscribe(self.channel)
             self.subscribed = True
+            self.on_subscribed()
             metrics.PUBSUB_RECONNECTS.inc()
             log.info("subscribed to %s", self.channel)
             next_ping = 0.0

@@ -260,12 +260,16 @@ class Counter:
         total, first_rank, flat = await self._leaderboard(
             keys=[self.keys.board], args=[offset, limit]
         )
-        pairs = _pairs(flat)
         entries: list[Entry] = []
-        for i, (name, count) in enumerate(pairs):
-            # Rows tied with the page's first row share its rank; after the count
-            # changes, everyone above has more clicks, so rank = position + 1.
-            rank = int(first_rank) if count == pairs[0][1] else offset + i + 1
+        for i, (name, count) in enumerate(_pairs(flat)):
+            # Equal counts share a rank; where the count drops, everyone above has more
+            # clicks, so the rank is the position. The first row's comes from Redis.
+            if not entries:
+                rank = int(first_rank)
+            elif count == entries[-1].count:
+                rank = entries[-1].rank
+            else:
+                rank = offset + i + 1
             entries.append(Entry(rank, name, count))
         return int(total), entries
 
@@ -278,8 +282,9 @@ class Counter:
 
     async def search(self, prefix: str, limit: int) -> list[Entry]:
         """Users whose name starts with prefix (ignoring case), in name order."""
-        low = "[" + prefix if prefix else "-"
-        high = "[" + prefix + "\xff" if prefix else "+"
+        # Bytes: 0xff sorts after every UTF-8 byte; the str "\xff" would be c3 bf.
+        low = b"[" + prefix.encode() if prefix else b"-"
+        high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
         canons = await self.redis.zrangebylex(self.keys.lex, low, high, start=0, num=limit)
         return await self.users([_text(c) for c in canons])
 

@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import socketio
 from redis.exceptions import RedisError
@@ -16,6 +16,7 @@ from service import metrics
 from service.breakdown import Profile, classify, country_of
 from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
+from service.tokens import Player
 from service.validation import click_n
 
 if TYPE_CHECKING:
@@ -80,26 +81,21 @@ def register(rt: Runtime) -> None:
 
     @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if rt.draining:
-            raise socketio.exceptions.ConnectionRefusedError(
-                "shutting_down", {"error": "shutting_down", "detail": "Reconnect to continue."}
-            )
-        token = auth.get("token") if isinstance(auth, dict) else None
-        if auth is not None and (not isinstance(auth, dict) or ("token" in auth and not token)):
-            _refuse(ApiError(401, "invalid_auth", 'auth must be {"token": "<token>"} or absent.'))
-        if token is not None:
-            player = rt.signer.read(token)
-            try:
-                live = player is not None and await rt.counter.nonce_is_live(player)
-            except RedisError:
-                metrics.REDIS_ERRORS.labels("connect").inc()
-                _refuse(unavailable())
-            if player is None or not live:
-                _refuse(invalid_token())
-            assert player is not None
+        if sid in rt.connected:
+            return  # an event the client named "connect", not a connection
+        # python-socketio already lists a connecting client as a broadcast recipient
+        # while this handler runs; skip it until its own first state is queued.
+        rt.welcoming.add(sid)
+        try:
+            player = await _authenticate(rt, auth)
+        except BaseException:
+            rt.welcoming.discard(sid)
+            raise
+        if player is not None:
             rt.players[sid] = player
             rt.profiles[sid] = _profile(environ)
             await sio.enter_room(sid, player_room(player.canon, player.nonce))
+        rt.connected.add(sid)
         rt.presence.connected()
         welcome = asyncio.create_task(_welcome(rt, sid))
         pending.add(welcome)
@@ -107,10 +103,10 @@ def register(rt: Runtime) -> None:
 
     @sio.event
     async def disconnect(sid: str, reason: Any = None) -> None:
-        rt.players.pop(sid, None)
-        rt.profiles.pop(sid, None)
+        if sio.manager.is_connected(sid, "/"):
+            return  # an event the client named "disconnect"; a real one is pending here
+        rt.forget(sid)
         guard.forget(sid)
-        rt.presence.disconnected()
 
     @sio.on("click")
     @_acknowledged
@@ -126,7 +122,7 @@ def register(rt: Runtime) -> None:
             )
         if len(args) > 1:
             raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
-        n = click_n(args[0] if args else None)
+        n = click_n(args[0] if args else None, rt.settings.rate_limit_cps)
         profile = rt.profiles.get(sid, ANONYMOUS)
         try:
             result = await rt.counter.click(player, n, rt.settings.rate_limit_cps, profile)
@@ -145,21 +141,51 @@ def register(rt: Runtime) -> None:
         raise ApiError(404, "unknown_event", f"There is no event named {name!r}; use click.")
 
 
-async def _welcome(rt: Runtime, sid: str) -> None:
-    """Send the state at once, after the connection joined the broadcast set."""
-    for _ in range(200):
-        if rt.sio.manager.is_connected(sid, "/"):
-            break
-        await asyncio.sleep(0.005)
-    else:
-        return  # the client left (or was refused) before its connection completed
+async def _authenticate(rt: Runtime, auth: Any) -> Player | None:
+    """The player a connection's auth names, None for a spectator; refuses bad auth."""
+    if rt.draining:
+        _refuse(ApiError(503, "shutting_down", "This instance is stopping; reconnect."))
+    if auth is None:
+        return None
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if not isinstance(auth, dict) or ("token" in auth and not token):
+        _refuse(ApiError(401, "invalid_auth", 'auth must be {"token": "<token>"} or absent.'))
+    if token is None:
+        return None
+    player = rt.signer.read(token)
+    if player is None:
+        _refuse(invalid_token())
+    assert player is not None
     try:
-        body = await rt.ticker.welcome()
+        live = await rt.counter.nonce_is_live(player)
     except RedisError:
         metrics.REDIS_ERRORS.labels("connect").inc()
-        return  # the first tick after Redis returns brings the state
-    if body is not None:
+        _refuse(unavailable())
+    if not live:
+        _refuse(invalid_token())
+    return player
+
+
+async def _welcome(rt: Runtime, sid: str) -> None:
+    """Send the state at once, after the connection joined the broadcast set."""
+    try:
+        for _ in range(200):
+            if rt.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0.005)
+        else:
+            return  # the client left (or was refused) before its connection completed
+        try:
+            body = await rt.ticker.welcome()
+        except RedisError:
+            metrics.REDIS_ERRORS.labels("connect").inc()
+            return  # the first tick after Redis returns brings the state
+        # No await between these two: broadcasts stop skipping the client exactly when
+        # its welcome is queued, so the next tick it gets is newer than the welcome.
+        rt.welcoming.discard(sid)
         await rt.sio.emit("state", body, to=sid)
+    finally:
+        rt.welcoming.discard(sid)
 
 
 def _profile(environ: dict[str, Any]) -> Profile:
@@ -171,6 +197,6 @@ def _profile(environ: dict[str, Any]) -> Profile:
     return classify(str(environ.get("HTTP_USER_AGENT", "")), country_of(headers))
 
 
-def _refuse(error: ApiError) -> None:
+def _refuse(error: ApiError) -> NoReturn:
     """Refuse a connection; the client's connect_error carries the contract's error body."""
     raise socketio.exceptions.ConnectionRefusedError(error.code, error.body())

@@ -7,6 +7,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -47,6 +48,12 @@ async def dashboard(request: Request) -> Response:
 class Assets(StaticFiles):
     """Built files; those under assets/ have content hashes in their names, so they never
     change and browsers may keep them for a year."""
+
+    async def check_config(self) -> None:
+        try:
+            await super().check_config()
+        except RuntimeError:  # the directory does not exist: the pages are not built yet
+            raise HTTPException(404) from None
 
     def file_response(self, full_path: PathLike[str] | str, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(full_path, *args, **kwargs)

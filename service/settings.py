@@ -50,8 +50,19 @@ class Settings:
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every variable once; a missing REDIS_URL means the embedded default."""
         config = Config(environ=os.environ if environ is None else environ)
-        export_hour = config("EXPORT_HOUR", cast=str, default="")
-        settings = cls(
+        try:
+            settings = cls._read(config)
+        except ValueError as exc:  # Starlette's cast errors name the variable and the value
+            raise SettingsError(str(exc)) from None
+        settings.validate()
+        return settings
+
+    @classmethod
+    def _read(cls, config: Config) -> Settings:
+        export_hour = config("EXPORT_HOUR", cast=str, default="").strip()
+        if export_hour and not export_hour.isdigit():
+            raise SettingsError(f"EXPORT_HOUR must be an hour 0..23, not {export_hour!r}")
+        return cls(
             redis_url=config("REDIS_URL", cast=str, default="redis://127.0.0.1:6379/0"),
             database_url=config("DATABASE_URL", cast=str, default="sqlite:///./clickky.db"),
             snapshot_interval_s=config("SNAPSHOT_INTERVAL_S", cast=float, default=30.0),
@@ -76,8 +87,6 @@ class Settings:
             prometheus_multiproc_dir=config("PROMETHEUS_MULTIPROC_DIR", cast=str, default="")
             or None,
         )
-        settings.validate()
-        return settings
 
     def validate(self) -> None:
         """Refuse values that would make the service misbehave later, at start instead."""
@@ -89,6 +98,8 @@ class Settings:
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
         if not self.database_url.startswith(("mysql://", "mysql+pymysql://", "sqlite://")):
             raise SettingsError("DATABASE_URL must start with mysql:// or sqlite:///")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.log_format not in ("json", "text"):
             raise SettingsError("LOG_FORMAT must be json or text")
         if self.export_hour is not None and not 0 <= self.export_hour <= 23:

@@ -74,20 +74,21 @@ class Ticker:
     def tick_of(self, server_ms: int) -> int:
         return server_ms // self.interval_ms
 
-    async def welcome(self) -> dict[str, Any] | None:
-        """A fresh state for a client that has just joined the broadcast, or None.
+    async def welcome(self) -> dict[str, Any]:
+        """A fresh state for a client that broadcasts skip until it has had this one.
 
-        Called once the client is in the broadcast set. If a tick went out while
-        we read, the client already has it. Otherwise the body is labelled with
-        the last broadcast tick, which this client never got, and every later
-        broadcast carries a higher one: no client sees a tick id twice.
+        The caller sends it in the same step as it stops skipping the client. Its label
+        is the last broadcast tick (which skipped this client), so every tick the client
+        gets afterwards is higher: nobody sees a tick id twice. If a broadcast went out
+        while we read, its body is at least as new as ours, so that one is sent.
         """
         before = self.last_tick
         state = await self.counter.state()
-        if self.last_tick != before:
-            return None
+        cps = self.rate.add(state.server_ms, state.clicks_total)
+        if self.last_tick != before and self.last_body is not None:
+            return self.last_body
         label = before if before >= 0 else self.tick_of(state.server_ms) - 1
-        return state_body(state, self.rate.add(state.server_ms, state.clicks_total), label)
+        return state_body(state, cps, label)
 
     async def step(self) -> None:
         """Sleep to the next tick boundary, then broadcast if anything changed."""

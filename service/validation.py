@@ -54,8 +54,9 @@ def strict_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def click_n(payload: Any) -> int:
-    """The `n` of a click body: absent means 1, else an int 1..50."""
+def click_n(payload: Any, limit_cps: int = MAX_CLICK_BATCH) -> int:
+    """The `n` of a click body: absent means 1, else an int 1..50 (and within the rate
+    limit: a batch bigger than a second's allowance could never be accepted)."""
     if payload is None:
         return 1
     if not isinstance(payload, dict):
@@ -65,6 +66,10 @@ def click_n(payload: Any) -> int:
     n = strict_int(payload["n"])
     if n is None or not 1 <= n <= MAX_CLICK_BATCH:
         raise invalid("invalid_n", f"n must be an integer from 1 to {MAX_CLICK_BATCH}.")
+    if n > limit_cps:
+        raise invalid(
+            "invalid_n", f"n must be at most {limit_cps}, the clicks a player may make a second."
+        )
     return n
 
 

@@ -79,6 +79,8 @@ async def test_redis_killed_under_load_and_restarted_empty(
         await eventually(
             lambda: (store.totals() or None) and store.totals().global_count > 40, timeout=30
         )
+        # Die at some point between two snapshots, not right after one.
+        await asyncio.sleep(random.uniform(0.3, 0.9))
         redis.kill()
         killed_at = time.monotonic()
         snapshot = sql_users(store)

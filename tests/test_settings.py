@@ -1,0 +1,121 @@
+"""Settings: read once from the environment, with defaults, casts and early refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_environ({})
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.database_url == "sqlite:///./clickky.db"
+    assert settings.snapshot_interval_s == 30.0
+    assert settings.broadcast_interval_ms == 100
+    assert settings.rate_limit_cps == 20
+    assert settings.join_rate_per_min == 30
+    assert settings.admin_token is None
+    assert settings.secret_key is None
+    assert settings.key_prefix == "clickky:"
+    assert settings.max_body_bytes == 16 * 1024
+    assert settings.presence_ttl_s == 5.0
+    assert settings.allowed_origins == ()
+    assert settings.export_hour is None
+    assert settings.prometheus_multiproc_dir is None
+    assert settings.tick_s == 0.1
+
+
+def test_casts_and_normalisation() -> None:
+    settings = Settings.from_environ(
+        {
+            "REDIS_URL": "redis://example:6380/2",
+            "DATABASE_URL": "mysql://u:p@db:3306/clickky",
+            "SNAPSHOT_INTERVAL_S": "2.5",
+            "BROADCAST_INTERVAL_MS": "250",
+            "RATE_LIMIT_CPS": "7",
+            "JOIN_RATE_PER_MIN": "3",
+            "ADMIN_TOKEN": "sesame",
+            "SECRET_KEY": "k",
+            "KEY_PREFIX": "staging:",
+            "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "TEXT",
+            "MAX_BODY_BYTES": "1024",
+            "PRESENCE_TTL_S": "2",
+            "ALLOWED_ORIGINS": " https://a.example , https://b.example ,, ",
+            "EXPORT_HOUR": "3",
+            "EXPORT_FORMAT": "CSV",
+            "PROMETHEUS_MULTIPROC_DIR": "/tmp/prom",
+        }
+    )
+    assert settings.redis_url == "redis://example:6380/2"
+    assert settings.snapshot_interval_s == 2.5
+    assert settings.broadcast_interval_ms == 250 and settings.tick_s == 0.25
+    assert (settings.rate_limit_cps, settings.join_rate_per_min) == (7, 3)
+    assert (settings.admin_token, settings.secret_key) == ("sesame", "k")
+    assert settings.key_prefix == "staging:"
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
+    assert settings.max_body_bytes == 1024
+    assert settings.presence_ttl_s == 2.0
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert (settings.export_hour, settings.export_format) == (3, "csv")
+    assert settings.prometheus_multiproc_dir == "/tmp/prom"
+
+
+def test_empty_secrets_mean_unset() -> None:
+    settings = Settings.from_environ({"ADMIN_TOKEN": "", "SECRET_KEY": ""})
+    assert settings.admin_token is None and settings.secret_key is None
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings.from_environ({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.rate_limit_cps = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RATE_LIMIT_CPS", "0"),
+        ("RATE_LIMIT_CPS", "-5"),
+        ("BROADCAST_INTERVAL_MS", "0"),
+        ("SNAPSHOT_INTERVAL_S", "0"),
+        ("SNAPSHOT_INTERVAL_S", "-1.5"),
+        ("JOIN_RATE_PER_MIN", "0"),
+        ("MAX_BODY_BYTES", "0"),
+        ("PRESENCE_TTL_S", "0"),
+        ("DATABASE_URL", "postgres://db/clickky"),
+        ("DATABASE_URL", "clickky.db"),
+        ("LOG_FORMAT", "xml"),
+        ("EXPORT_HOUR", "24"),
+        ("EXPORT_HOUR", "-1"),
+        ("EXPORT_FORMAT", "json"),
+    ],
+)
+def test_unusable_values_are_refused_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_environ({variable: value})
+    assert variable in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RATE_LIMIT_CPS", "abc"),
+        ("SNAPSHOT_INTERVAL_S", "soon"),
+        ("EXPORT_HOUR", "noon"),
+        ("LOG_LEVEL", "loud"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_as_settings_errors(variable: str, value: str) -> None:
+    """Not a number (or not a level) is as unusable as a negative one: same error, same clarity."""
+    with pytest.raises(SettingsError) as info:
+        Settings.from_environ({variable: value})
+    assert variable in str(info.value)
+
+
+def test_validate_also_guards_direct_construction() -> None:
+    with pytest.raises(SettingsError, match="RATE_LIMIT_CPS"):
+        Settings(redis_url="redis://x", rate_limit_cps=0).validate()
