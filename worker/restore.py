@@ -83,9 +83,21 @@ class Restorer:
             for user in batch:
                 flat += [user.canon, user.username, user.nonce, user.count]
             applied = await self._users(
-                keys=[k.restore, k.nonces, k.names, k.board, k.global_count, k.lex, k.provisional],
+                keys=[
+                    k.restore,
+                    k.nonces,
+                    k.names,
+                    k.board,
+                    k.global_count,
+                    k.lex,
+                    k.provisional,
+                    k.epoch,
+                ],
                 args=flat,
             )
+            if applied == -1:
+                log.info("another restorer finished the restore")
+                return restored
             if applied:
                 restored += len(batch)
                 log.info("restore progress", extra={"users": restored})
@@ -141,7 +153,7 @@ class Restorer:
             "hashes": list(hashes.values()),
         }
         await self._totals(
-            keys=[k.restore, k.clicks_total, k.minutes, k.country_board, *hashes],
+            keys=[k.epoch, k.restore, k.clicks_total, k.minutes, k.country_board, *hashes],
             args=[clicks_total, json.dumps(data)],
         )
 

@@ -4,6 +4,9 @@
 --
 -- KEYS: restore nonces names board global lex provisional epoch dirty
 -- ARGV: epoch_value, then canon nonce pairs of dead tokens
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return 0  -- another restorer finished first
+end
 for i = 2, #ARGV, 2 do
   local canon, nonce = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', KEYS[2], canon) == nonce then

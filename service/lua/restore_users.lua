@@ -3,8 +3,12 @@
 -- never add the same user twice. Each user's count is added to the board and
 -- to the global count in the same step, so the invariant holds throughout.
 --
--- KEYS: restore nonces names board global lex provisional
+-- KEYS: restore nonces names board global lex provisional epoch
 -- ARGV: expected_cursor new_cursor, then canon display nonce count quads
+-- Returns 1 applied, 0 the cursor moved (another restorer), -1 the restore is over.
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return -1
+end
 if (redis.call('HGET', KEYS[1], 'cursor') or '') ~= ARGV[1] then
   return 0
 end
