@@ -99,14 +99,7 @@ async def click(request: Request) -> Response:
     n = validation.click_n(await read_json(request, optional=True), rt.settings.rate_limit_cps)
     headers = request.headers
     profile = classify(headers.get("user-agent", ""), country_of(dict(headers)))
-    try:
-        result = await rt.counter.click(player, n, rt.settings.rate_limit_cps, profile)
-    except ApiError as exc:
-        metrics.REFUSED.labels(exc.code).inc()
-        raise
-    metrics.CLICKS.labels("http").inc(n)
-    await rt.announce_milestones(player, result)
-    return JSONResponse({"user": result.user, "global": result.global_count, "rank": result.rank})
+    return JSONResponse(await rt.click(player, n, profile, "http"))
 
 
 # -- reads ---------------------------------------------------------------------

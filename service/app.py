@@ -14,12 +14,13 @@ import socketio
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from service import api, events, pages
+from service import api, events, metrics, pages
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
 from service.connection import connect_redis
 from service.counter import ClickResult, Counter
+from service.errors import ApiError
 from service.events import player_room
 from service.janitor import SocketJanitor
 from service.keys import Keys
@@ -83,6 +84,19 @@ class Runtime:
         self.players.pop(sid, None)
         self.profiles.pop(sid, None)
         self.welcoming.discard(sid)
+
+    async def click(
+        self, player: Player, n: int, profile: Profile, transport: str
+    ) -> dict[str, int]:
+        """Count a click batch from either transport; the ack body, or an ApiError."""
+        try:
+            result = await self.counter.click(player, n, self.settings.rate_limit_cps, profile)
+        except ApiError as exc:
+            metrics.REFUSED.labels(exc.code).inc()
+            raise
+        metrics.CLICKS.labels(transport).inc(n)
+        await self.announce_milestones(player, result)
+        return {"user": result.user, "global": result.global_count, "rank": result.rank}
 
     async def announce_milestones(self, player: Player, result: ClickResult) -> None:
         """Tell everyone (global) or the player (personal); the Lua script fired it once."""

@@ -123,15 +123,7 @@ def register(rt: Runtime) -> None:
         if len(args) > 1:
             raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
         n = click_n(args[0] if args else None, rt.settings.rate_limit_cps)
-        profile = rt.profiles.get(sid, ANONYMOUS)
-        try:
-            result = await rt.counter.click(player, n, rt.settings.rate_limit_cps, profile)
-        except ApiError as exc:
-            metrics.REFUSED.labels(exc.code).inc()
-            raise
-        metrics.CLICKS.labels("socket").inc(n)
-        await rt.announce_milestones(player, result)
-        return {"user": result.user, "global": result.global_count, "rank": result.rank}
+        return await rt.click(player, n, rt.profiles.get(sid, ANONYMOUS), "socket")
 
     @sio.on("*")
     @_acknowledged

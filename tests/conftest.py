@@ -192,6 +192,15 @@ def mysql_url() -> Iterator[str]:
     conn.close()
 
 
+@pytest.fixture(params=["sqlite", "mysql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh SQL store URL: every store test runs on SQLite and on MariaDB alike."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("mysql_url")
+    return url
+
+
 @pytest.fixture
 def stack(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Stack]:
     """Real processes (instances, workers) sharing this test's prefix; stopped afterwards."""

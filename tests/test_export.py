@@ -16,14 +16,9 @@ DAY = date(2026, 11, 23)
 START = 1795392000  # 2026-11-23T00:00:00Z
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    url = (
-        f"sqlite:///{tmp_path / 'export.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("mysql_url")
-    )
-    result = Store(url)
+@pytest.fixture
+def store(store_url: str) -> Store:
+    result = Store(store_url)
     result.migrate()
     users = [UserRow("ann", "Ann", "n", 7), UserRow("bo", "Bo", "m", 3)]
     result.write_snapshot(

@@ -18,13 +18,9 @@ from service.validation import canonical
 from worker.snapshot import Snapshotter
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'snap.db'}"
-    else:
-        url = request.getfixturevalue("mysql_url")
-    result = Store(url)
+@pytest.fixture
+def store(store_url: str) -> Store:
+    result = Store(store_url)
     result.migrate()
     return result
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from pathlib import Path
 
 import pymysql
 import pytest
@@ -12,13 +11,9 @@ import pytest
 from service.store import SCHEMA_VERSION, Cut, StaleFence, Store, UserRow
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("mysql_url")
-    result = Store(url)
+@pytest.fixture
+def store(store_url: str) -> Store:
+    result = Store(store_url)
     result.migrate()
     return result
 

@@ -41,6 +41,21 @@ class Restorer:
         self._users = load_script(redis, "restore_users")
         self._finish = load_script(redis, "restore_finish")
 
+    @property
+    def _user_keys(self) -> list[str]:
+        """The keys both user steps (batches and finish) touch, in their scripts' order."""
+        k = self.keys
+        return [
+            k.restore,
+            k.nonces,
+            k.names,
+            k.board,
+            k.global_count,
+            k.lex,
+            k.provisional,
+            k.epoch,
+        ]
+
     async def needed(self) -> bool:
         return not await self.redis.exists(self.keys.epoch)
 
@@ -82,19 +97,7 @@ class Restorer:
             flat: list[str | int] = [cursor, batch[-1].canon]
             for user in batch:
                 flat += [user.canon, user.username, user.nonce, user.count]
-            applied = await self._users(
-                keys=[
-                    k.restore,
-                    k.nonces,
-                    k.names,
-                    k.board,
-                    k.global_count,
-                    k.lex,
-                    k.provisional,
-                    k.epoch,
-                ],
-                args=flat,
-            )
+            applied = await self._users(keys=self._user_keys, args=flat)
             if applied == -1:
                 log.info("another restorer finished the restore")
                 return restored
@@ -112,20 +115,7 @@ class Restorer:
         flat_dead: list[str] = [secrets.token_hex(8)]
         for canon, nonce in sorted(dead):
             flat_dead += [canon, nonce]
-        await self._finish(
-            keys=[
-                k.restore,
-                k.nonces,
-                k.names,
-                k.board,
-                k.global_count,
-                k.lex,
-                k.provisional,
-                k.epoch,
-                k.dirty,
-            ],
-            args=flat_dead,
-        )
+        await self._finish(keys=[*self._user_keys, k.dirty], args=flat_dead)
         log.warning(
             "restore finished",
             extra={
