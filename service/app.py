@@ -7,9 +7,10 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import engineio
 import socketio
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -74,7 +75,30 @@ class Runtime:
         await self.sio.emit(event, data, to=room)
 
     async def broadcast_state(self, body: dict[str, Any]) -> None:
-        await self.sio.emit("state", body, skip_sid=list(self.welcoming) or None)
+        """Send one tick to every local client but those still waiting for their welcome."""
+        await self.send_state(
+            body,
+            (
+                eio_sid
+                for sid, eio_sid in self.sio.manager.get_participants("/", None)
+                if sid not in self.welcoming
+            ),
+        )
+
+    async def send_state(self, body: dict[str, Any], eio_sids: Iterable[str]) -> None:
+        """Queue a state message on these sockets, in order and without yielding.
+
+        The packet is encoded once and queued on each socket in turn. python-socketio's
+        emit would start one task per recipient (a quarter of a broadcast's cost), and
+        those tasks could queue a welcome after a newer tick.
+        """
+        encoded = self.sio.packet_class(
+            socketio.packet.EVENT, namespace="/", data=["state", body]
+        ).encode()
+        message = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
+        for eio_sid in eio_sids:
+            with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
+                await self.sio.eio.send_packet(eio_sid, message)
 
     def forget(self, sid: str) -> None:
         """Drop everything this instance holds for a connection; idempotent."""
@@ -131,14 +155,20 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         redis = connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
+        # The loops get connections of their own, so a flood of clicks waiting for the
+        # main pool can never delay a tick, a heartbeat or the pub/sub listener.
+        loops_redis = connect_redis(settings.redis_url, max_connections=4)
+        stack.push_async_callback(loops_redis.aclose)
         runtime.counter = counter = Counter(redis, runtime.keys)
+        stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)
         runtime.signer = TokenSigner(await token_secret(settings, counter, store))
         await mark_fresh_start(counter, store)
 
-        runtime.presence = Presence(counter, runtime.instance_id, settings.presence_ttl_s)
-        runtime.ticker = Ticker(counter, settings.broadcast_interval_ms, runtime.broadcast_state)
-        runtime.bus = Bus(redis, runtime.keys.events, runtime.instance_id, runtime.deliver)
+        background = Counter(loops_redis, runtime.keys)
+        runtime.presence = Presence(background, runtime.instance_id, settings.presence_ttl_s)
+        runtime.ticker = Ticker(background, settings.broadcast_interval_ms, runtime.broadcast_state)
+        runtime.bus = Bus(loops_redis, runtime.keys.events, runtime.instance_id, runtime.deliver)
         # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
         listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)
         runtime.bus.on_subscribed = listener.mark_ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,16 @@ class ClickResult:
 
 
 @dataclass(frozen=True)
+class _Queued:
+    """A click entry waiting for the next call of the click script."""
+
+    rate_key: str
+    entry: tuple[str | int, ...]
+    limit_cps: int
+    future: asyncio.Future[list[Any]]
+
+
+@dataclass(frozen=True)
 class AdminResult:
     username: str
     global_count: int
@@ -86,9 +97,18 @@ class Entry:
 class Counter:
     """Atomic counting, identity, rate limits, presence and reads, all on one Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, max_batch: int = 100, max_pending: int = 5000
+    ) -> None:
         self.redis = redis
         self.keys = keys
+        # A call of 100 entries keeps Redis busy for a few ms at most.
+        self.max_batch = max_batch
+        # Beyond this many waiting clicks the instance refuses at once (503) instead
+        # of letting every click wait seconds for Redis.
+        self.max_pending = max_pending
+        self._queue: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._click = load_script(redis, "click")
         self._join = load_script(redis, "join")
         self._set_count = load_script(redis, "set_count")
@@ -124,43 +144,27 @@ class Counter:
     async def click(
         self, player: Player, n: int, limit_cps: int, profile: Profile = ANONYMOUS
     ) -> ClickResult:
-        """Count n clicks for a player, or raise: revoked token, or over the rate limit."""
-        k = self.keys
-        day = utc_day(time.time())
-        reply = await self._click(
-            keys=[
-                k.nonces,
-                k.names,
-                k.board,
-                k.global_count,
-                k.clicks_total,
-                k.minutes,
-                k.dirty,
-                k.epoch,
-                k.provisional,
-                k.click_rate(player.canon),
-                k.lex,
-                *(k.breakdown(dimension, day) for dimension in DIMENSIONS),
-                k.country_board,
-                k.milestone_global,
-                k.milestone_personal,
-            ],
-            args=[
-                player.canon,
-                player.display,
-                player.nonce,
-                n,
-                limit_cps,
-                RATE_WINDOW_MS,
-                *profile.values(),
-            ],
-        )
+        """Count n clicks for a player, or raise: revoked token, or over the rate limit.
+
+        Clicks that arrive while a call to Redis is out wait for the next one, which
+        carries all of them: no added delay when idle, one round trip for many when busy.
+        """
+        if len(self._queue) >= self.max_pending:
+            raise ApiError(
+                503, "overloaded", "This instance is saturated; try again.", retry_after_s=1
+            )
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        entry = (player.canon, player.display, player.nonce, n, *profile.values())
+        self._queue.append(_Queued(self.keys.click_rate(player.canon), entry, limit_cps, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="click-flush")
+        reply = await future
         outcome = _text(reply[0])
         if outcome == "token":
             raise invalid_token()
         if outcome == "rate":
             wait_ms = int(reply[1])
-            if wait_ms < 0:
+            if wait_ms < 0:  # the callers' validation refuses such an n before it gets here
                 raise ApiError(
                     429,
                     "rate_limited",
@@ -180,6 +184,55 @@ class Counter:
             global_milestone=int(reply[4]),
             personal_milestone=int(reply[5]),
         )
+
+    async def _flush(self) -> None:
+        """Send queued clicks in calls of at most max_batch until the queue is empty."""
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                replies = await self._click(
+                    keys=[*self._click_keys(), *(q.rate_key for q in batch)],
+                    args=[
+                        batch[0].limit_cps,
+                        RATE_WINDOW_MS,
+                        *(value for q in batch for value in q.entry),
+                    ],
+                )
+            except BaseException as exc:
+                for queued in batch:
+                    if not queued.future.done():
+                        queued.future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for queued, reply in zip(batch, replies, strict=True):
+                if not queued.future.done():
+                    queued.future.set_result(reply)
+
+    def _click_keys(self) -> list[str]:
+        k = self.keys
+        day = utc_day(time.time())
+        return [
+            k.nonces,
+            k.names,
+            k.board,
+            k.global_count,
+            k.clicks_total,
+            k.minutes,
+            k.dirty,
+            k.epoch,
+            k.provisional,
+            k.lex,
+            *(k.breakdown(dimension, day) for dimension in DIMENSIONS),
+            k.country_board,
+            k.milestone_global,
+            k.milestone_personal,
+        ]
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for queued clicks to reach Redis, at shutdown."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait({self._flusher}, timeout=timeout_s)
 
     async def nonce_is_live(self, player: Player) -> bool:
         """True when the token's nonce is current, or Redis lost it and awaits a restore."""

@@ -172,10 +172,12 @@ async def _welcome(rt: Runtime, sid: str) -> None:
         except RedisError:
             metrics.REDIS_ERRORS.labels("connect").inc()
             return  # the first tick after Redis returns brings the state
-        # No await between these two: broadcasts stop skipping the client exactly when
-        # its welcome is queued, so the next tick it gets is newer than the welcome.
+        # Nothing may run between these two: broadcasts stop skipping the client exactly
+        # when its welcome is queued on the socket, so every later tick comes after it.
         rt.welcoming.discard(sid)
-        await rt.sio.emit("state", body, to=sid)
+        eio_sid = rt.sio.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is not None:
+            await rt.send_state(body, [eio_sid])
     finally:
         rt.welcoming.discard(sid)
 

@@ -94,7 +94,11 @@ class Ticker:
         """Sleep to the next tick boundary, then broadcast if anything changed."""
         interval = self.interval_ms / 1000
         boundary = (time.time() // interval + 1) * interval
+        # uvloop may wake a little early; reading Redis then would still be the previous
+        # tick, which is skipped, and the next broadcast would come a whole tick late.
         await asyncio.sleep(max(0.0, boundary - time.time()))
+        if (early := boundary - time.time()) > 0:
+            await asyncio.sleep(early + 0.0005)
         state = await self.counter.state()
         self.restored = state.restored
         cps = self.rate.add(state.server_ms, state.clicks_total)

@@ -1,90 +1,27 @@
--- One batch of clicks, atomically: check the token's nonce, apply the
--- per-player rate limit, then raise the user's count, the global count, the
--- leaderboard and the minute bucket together. Because it all happens in one
+-- Clicks, atomically. Each entry is one player's batch of n clicks: check the
+-- token's nonce, apply the per-player rate limit, then raise the user's count,
+-- the global count, the leaderboard, the minute bucket and today's breakdowns
+-- together, and notice milestones. Because each entry happens inside one
 -- script, global == sum(user counts) holds at every instant, on any number of
--- instances.
+-- instances. An instance sends the entries of many players in one call (one
+-- round trip for all clicks that arrived while the previous call was out).
 --
--- It also counts the click in today's breakdowns (device, browser, platform,
--- country) and notices milestones, still in the same single round trip.
---
--- KEYS: nonces names board global clicks_total minutes dirty epoch provisional rate lex
+-- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
---       milestone_personal
--- ARGV: canon display nonce n limit window_ms device browser platform country
-local canon, display, nonce = ARGV[1], ARGV[2], ARGV[3]
-local n, limit, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+--       milestone_personal, then one rate key per entry
+-- ARGV: limit window_ms, then per entry: canon display nonce n device browser platform
+--       country
+-- Returns per entry: {'ok', user, global, rank, global_milestone, personal_milestone},
+--       {'token'} or {'rate', retry_ms}
+local COMMON, FIELDS = 17, 8
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local stored = redis.call('HGET', KEYS[1], canon)
-local provisional = false
-if stored ~= nonce then
-  if stored or redis.call('EXISTS', KEYS[8]) == 1 then
-    return {'token'}
-  end
-  -- Redis lost its data and the restore has not run yet: the signature
-  -- vouches for the player, and the restore adds the snapshot to what
-  -- is counted from here on.
-  provisional = true
-end
-
--- Sliding log of the last window's accepted batches, newest first, as
--- "ms:n". It never holds more than `limit` entries, so this loop is short.
-local entries = redis.call('LRANGE', KEYS[10], 0, -1)
-local used, kept = 0, 0
-local stamps, counts = {}, {}
-for i, entry in ipairs(entries) do
-  local sep = string.find(entry, ':', 1, true)
-  local ts = tonumber(string.sub(entry, 1, sep - 1))
-  if ts <= now - window then break end
-  local c = tonumber(string.sub(entry, sep + 1))
-  used, kept = used + c, i
-  stamps[i], counts[i] = ts, c
-end
-if kept < #entries then
-  if kept == 0 then
-    redis.call('DEL', KEYS[10])
-  else
-    redis.call('LTRIM', KEYS[10], 0, kept - 1)
-  end
-end
-if used + n > limit then
-  if n > limit then
-    return {'rate', -1}
-  end
-  local need, freed = used + n - limit, 0
-  for i = kept, 1, -1 do
-    freed = freed + counts[i]
-    if freed >= need then
-      return {'rate', stamps[i] + window - now}
-    end
-  end
-  return {'rate', window}
-end
-redis.call('LPUSH', KEYS[10], now .. ':' .. n)
-redis.call('PEXPIRE', KEYS[10], window)
-
-if provisional then
-  redis.call('HSET', KEYS[1], canon, nonce)
-  redis.call('HSET', KEYS[2], canon, display)
-  redis.call('ZADD', KEYS[11], 0, canon)
-  redis.call('SADD', KEYS[9], canon)
-end
-local user = redis.call('ZINCRBY', KEYS[3], n, display)
-local global = redis.call('INCRBY', KEYS[4], n)
-redis.call('INCRBY', KEYS[5], n)
-redis.call('HINCRBY', KEYS[6], math.floor(now / 60000) * 60, n)
-redis.call('SADD', KEYS[7], canon)
-for i = 0, 3 do
-  redis.call('HINCRBY', KEYS[12 + i], ARGV[7 + i], n)
-end
-redis.call('ZINCRBY', KEYS[16], n, ARGV[10])
-local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
+local restored = redis.call('EXISTS', KEYS[8]) == 1
 
 -- A milestone is crossed when the count passes a power of ten (global from
 -- 1,000, personal from 100). Each value is announced once: the highest one
 -- announced is remembered, so a count that drops and climbs again is quiet.
--- Provisional clicks (before a restore) announce nothing.
 local function crossed(before, after, first)
   local m = first
   while m <= after do
@@ -95,23 +32,109 @@ local function crossed(before, after, first)
   end
   return 0
 end
-local global_milestone = crossed(global - n, global, 1000)
-local personal_milestone = crossed(tonumber(user) - n, tonumber(user), 100)
-if provisional then
-  global_milestone, personal_milestone = 0, 0
-end
-if global_milestone > 0 then
-  if tonumber(redis.call('GET', KEYS[17]) or '0') < global_milestone then
-    redis.call('SET', KEYS[17], global_milestone)
-  else
-    global_milestone = 0
+
+-- Sliding log of the last window's accepted batches, newest first, as
+-- "ms:n". It never holds more than `limit` entries, so this loop is short.
+-- Returns nil when the batch fits (and records it), else the wait in ms.
+local function rate_limited(key, n)
+  local entries = redis.call('LRANGE', key, 0, -1)
+  local used, kept = 0, 0
+  local stamps, counts = {}, {}
+  for i, entry in ipairs(entries) do
+    local sep = string.find(entry, ':', 1, true)
+    local ts = tonumber(string.sub(entry, 1, sep - 1))
+    if ts <= now - window then break end
+    local c = tonumber(string.sub(entry, sep + 1))
+    used, kept = used + c, i
+    stamps[i], counts[i] = ts, c
   end
-end
-if personal_milestone > 0 then
-  if tonumber(redis.call('HGET', KEYS[18], canon) or '0') < personal_milestone then
-    redis.call('HSET', KEYS[18], canon, personal_milestone)
-  else
-    personal_milestone = 0
+  if kept < #entries then
+    if kept == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('LTRIM', key, 0, kept - 1)
+    end
   end
+  if used + n > limit then
+    if n > limit then
+      return -1
+    end
+    local need, freed = used + n - limit, 0
+    for i = kept, 1, -1 do
+      freed = freed + counts[i]
+      if freed >= need then
+        return stamps[i] + window - now
+      end
+    end
+    return window
+  end
+  redis.call('LPUSH', key, now .. ':' .. n)
+  redis.call('PEXPIRE', key, window)
+  return nil
 end
-return {'ok', tonumber(user), global, rank, global_milestone, personal_milestone}
+
+local function click(rate_key, canon, display, nonce, n, profile)
+  local stored = redis.call('HGET', KEYS[1], canon)
+  local provisional = false
+  if stored ~= nonce then
+    if stored or restored then
+      return {'token'}
+    end
+    -- Redis lost its data and the restore has not run yet: the signature
+    -- vouches for the player, and the restore adds the snapshot to what
+    -- is counted from here on. Such clicks announce no milestones.
+    provisional = true
+  end
+  local wait = rate_limited(rate_key, n)
+  if wait then
+    return {'rate', wait}
+  end
+  if provisional then
+    redis.call('HSET', KEYS[1], canon, nonce)
+    redis.call('HSET', KEYS[2], canon, display)
+    redis.call('ZADD', KEYS[10], 0, canon)
+    redis.call('SADD', KEYS[9], canon)
+  end
+  local user = redis.call('ZINCRBY', KEYS[3], n, display)
+  local global = redis.call('INCRBY', KEYS[4], n)
+  redis.call('INCRBY', KEYS[5], n)
+  redis.call('HINCRBY', KEYS[6], math.floor(now / 60000) * 60, n)
+  redis.call('SADD', KEYS[7], canon)
+  for i = 1, 4 do
+    redis.call('HINCRBY', KEYS[10 + i], profile[i], n)
+  end
+  redis.call('ZINCRBY', KEYS[15], n, profile[4])
+  local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
+
+  local global_milestone, personal_milestone = 0, 0
+  if not provisional then
+    global_milestone = crossed(global - n, global, 1000)
+    personal_milestone = crossed(tonumber(user) - n, tonumber(user), 100)
+  end
+  if global_milestone > 0 then
+    if tonumber(redis.call('GET', KEYS[16]) or '0') < global_milestone then
+      redis.call('SET', KEYS[16], global_milestone)
+    else
+      global_milestone = 0
+    end
+  end
+  if personal_milestone > 0 then
+    if tonumber(redis.call('HGET', KEYS[17], canon) or '0') < personal_milestone then
+      redis.call('HSET', KEYS[17], canon, personal_milestone)
+    else
+      personal_milestone = 0
+    end
+  end
+  return {'ok', tonumber(user), global, rank, global_milestone, personal_milestone}
+end
+
+local replies = {}
+for entry = 0, (#ARGV - 2) / FIELDS - 1 do
+  local a = 2 + entry * FIELDS
+  local profile = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
+  replies[entry + 1] = click(
+    KEYS[COMMON + 1 + entry], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]),
+    profile
+  )
+end
+return replies
