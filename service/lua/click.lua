@@ -1,10 +1,12 @@
 -- Clicks, atomically. Each entry is one player's batch of n clicks: check the
 -- token's nonce, apply the per-player rate limit, then raise the user's count,
 -- the global count, the leaderboard, the minute bucket and today's breakdowns
--- together, and notice milestones. Because each entry happens inside one
--- script, global == sum(user counts) holds at every instant, on any number of
+-- together, and notice milestones. The whole call is one script, so
+-- global == sum(user counts) holds at every instant, on any number of
 -- instances. An instance sends the entries of many players in one call (one
--- round trip for all clicks that arrived while the previous call was out).
+-- round trip for all clicks that arrived while the previous call was out), and
+-- the shared counters (global, total, minute, breakdowns, countries) are
+-- written once per call with the sums, not once per entry.
 --
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
@@ -18,6 +20,10 @@ local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local restored = redis.call('EXISTS', KEYS[8]) == 1
+-- The global count as this call moves it; written back once at the end.
+local global = tonumber(redis.call('GET', KEYS[4]) or '0')
+local added = 0
+local tallies = {{}, {}, {}, {}}  -- per breakdown dimension: value -> clicks
 
 -- A milestone is crossed when the count passes a power of ten (global from
 -- 1,000, personal from 100). Each value is announced once: the highest one
@@ -96,14 +102,12 @@ local function click(rate_key, canon, display, nonce, n, profile)
     redis.call('SADD', KEYS[9], canon)
   end
   local user = redis.call('ZINCRBY', KEYS[3], n, display)
-  local global = redis.call('INCRBY', KEYS[4], n)
-  redis.call('INCRBY', KEYS[5], n)
-  redis.call('HINCRBY', KEYS[6], math.floor(now / 60000) * 60, n)
+  global = global + n
+  added = added + n
   redis.call('SADD', KEYS[7], canon)
   for i = 1, 4 do
-    redis.call('HINCRBY', KEYS[10 + i], profile[i], n)
+    tallies[i][profile[i]] = (tallies[i][profile[i]] or 0) + n
   end
-  redis.call('ZINCRBY', KEYS[15], n, profile[4])
   local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
 
   local global_milestone, personal_milestone = 0, 0
@@ -136,5 +140,18 @@ for entry = 0, (#ARGV - 2) / FIELDS - 1 do
     KEYS[COMMON + 1 + entry], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]),
     profile
   )
+end
+if added > 0 then
+  redis.call('INCRBY', KEYS[4], added)
+  redis.call('INCRBY', KEYS[5], added)
+  redis.call('HINCRBY', KEYS[6], math.floor(now / 60000) * 60, added)
+  for i = 1, 4 do
+    for value, clicks in pairs(tallies[i]) do
+      redis.call('HINCRBY', KEYS[10 + i], value, clicks)
+    end
+  end
+  for country, clicks in pairs(tallies[4]) do
+    redis.call('ZINCRBY', KEYS[15], clicks, country)
+  end
 end
 return replies
