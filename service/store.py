@@ -37,7 +37,8 @@ class UserRow:
 class Cut:
     """One consistent instant of Redis, as the snapshot job read it."""
 
-    global_count: int
+    # None: take it as the sum of the users after this write (a cut read in chunks).
+    global_count: int | None
     clicks_total: int
     server_ms: int
     users: list[UserRow] = field(default_factory=list)
@@ -297,13 +298,17 @@ class Store:
                     ),
                     [(*key, clicks) for key, clicks in sorted(cut.breakdowns.items())],
                 )
+            global_count = cut.global_count
+            if global_count is None:
+                cursor.execute("SELECT COALESCE(SUM(count), 0) FROM users")
+                global_count = int(cursor.fetchone()[0])
             cursor.execute(
                 self._upsert(
                     "totals",
                     ("id", "global_count", "clicks_total", "snapshot_ms", "fence"),
                     ("id",),
                 ),
-                (1, cut.global_count, cut.clicks_total, cut.server_ms, fence),
+                (1, global_count, cut.clicks_total, cut.server_ms, fence),
             )
         return cut.rows
 

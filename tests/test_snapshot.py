@@ -149,3 +149,19 @@ async def test_breakdowns_reach_sql(counter: Counter, redis: Any, keys: Keys, st
     assert stored[(day, "device", "desktop")] == 2
     assert stored[(day, "country", "NZ")] == 5
     assert store.country_totals() == {"NZ": 5}
+
+
+async def test_a_large_change_set_is_read_in_chunks_and_keeps_the_invariant(
+    counter: Counter, redis: Any, keys: Keys, store: Store
+) -> None:
+    players = [await make_player(counter, f"L{i:03}") for i in range(40)]
+    for i, p in enumerate(players):
+        await counter.click(p, i % 5 + 1, 1000)
+    await counter.delete(players[0].canon)
+    snapshotter = Snapshotter(redis, keys, store, max_inline_users=7)
+    report = await snapshotter.snapshot(fence=1)
+    assert report is not None and report.users == 39 and report.deleted == 1
+    state = await counter.state()
+    assert store.user_sum() == (39, state.global_count)
+    assert store.totals().global_count == state.global_count  # type: ignore[union-attr]
+    assert not await redis.exists(keys.dirty_inflight)

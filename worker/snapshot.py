@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 # Minute buckets older than this are not re-read: a week of stats plus a margin.
 HISTORY_S = 8 * 86400
+# Up to this many changed users are read at one instant, in one script (~0.5 s of
+# Redis at most); more would block Redis for seconds, so they are read in chunks.
+MAX_INLINE_USERS = 100_000
+CHUNK_USERS = 10_000
 
 
 def _text(value: bytes | str) -> str:
@@ -39,11 +43,15 @@ class Report:
 class Snapshotter:
     """Reads the changes since the last snapshot at one instant and writes them in one commit."""
 
-    def __init__(self, redis: Redis, keys: Keys, store: Store) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, store: Store, *, max_inline_users: int = MAX_INLINE_USERS
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.store = store
         self._take_cut = load_script(redis, "take_cut")
+        self._read_users = load_script(redis, "read_users")
+        self.max_inline_users = max_inline_users
         # The first snapshot of this process re-reads the whole stats history;
         # later ones only the minutes since the previous cut.
         self._since_ms: int | None = None
@@ -77,9 +85,10 @@ class Snapshotter:
                 k.tombstones_inflight,
                 *(k.breakdown(dimension, day) for day, dimension in wanted),
             ],
-            args=[first, last],
+            args=[first, last, self.max_inline_users],
         )
-        if _text(reply[0]) == "restoring":
+        outcome = _text(reply[0])
+        if outcome == "restoring":
             return None
         flat_users, deleted, flat_minutes, flat_tombs = reply[4], reply[5], reply[6], reply[7]
         breakdowns: dict[tuple[str, str, str], int] = {}
@@ -95,8 +104,16 @@ class Snapshotter:
             )
             for i in range(0, len(flat_users), 4)
         ]
+        global_count: int | None = int(reply[1])
+        if outcome == "large":
+            # Too many changes to read at one instant without blocking Redis: read them
+            # in chunks, and let the store take the global count as the sum of its users,
+            # so the invariant still holds in SQL (though not as of a single instant).
+            log.warning("large snapshot: reading the changed users in chunks")
+            users, deleted = await self._read_users_in_chunks()
+            global_count = None
         return Cut(
-            global_count=int(reply[1]),
+            global_count=global_count,
             clicks_total=int(reply[2]),
             server_ms=int(reply[3]),
             users=users,
@@ -111,6 +128,29 @@ class Snapshotter:
             ],
             breakdowns=breakdowns,
         )
+
+    async def _read_users_in_chunks(self) -> tuple[list[UserRow], list[str]]:
+        k = self.keys
+        users: list[UserRow] = []
+        deleted: list[str] = []
+        batch: list[str] = []
+
+        async def read(canons: list[str]) -> None:
+            rows = await self._read_users(keys=[k.names, k.nonces, k.board], args=canons)
+            for canon, row in zip(canons, rows, strict=True):
+                if row:
+                    users.append(UserRow(canon, _text(row[0]), _text(row[1]), int(float(row[2]))))
+                else:
+                    deleted.append(canon)
+
+        async for member in self.redis.sscan_iter(k.dirty_inflight, count=CHUNK_USERS):
+            batch.append(_text(member))
+            if len(batch) >= CHUNK_USERS:
+                await read(batch)
+                batch = []
+        if batch:
+            await read(batch)
+        return users, deleted
 
     async def snapshot(self, fence: int) -> Report | None:
         """Take one snapshot under this fence; None when a restore is pending."""

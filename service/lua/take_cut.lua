@@ -5,7 +5,9 @@
 --
 -- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
 --       tombstones tombstones_inflight, then the breakdown hashes of the days wanted
--- ARGV: first_minute last_minute
+-- ARGV: first_minute last_minute max_users
+-- With more than max_users changed names, reading them all here would block Redis
+-- for seconds: the users are then left out ('large'), for the caller to read in chunks.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'restoring'}
 end
@@ -19,7 +21,12 @@ if redis.call('EXISTS', KEYS[10]) == 1 then
   redis.call('DEL', KEYS[10])
 end
 local users, deleted = {}, {}
-for _, canon in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+local large = redis.call('SCARD', KEYS[3]) > tonumber(ARGV[3])
+local changed = {}
+if not large then
+  changed = redis.call('SMEMBERS', KEYS[3])
+end
+for _, canon in ipairs(changed) do
   local display = redis.call('HGET', KEYS[5], canon)
   if display then
     local count = redis.call('ZSCORE', KEYS[6], display) or '0'
@@ -53,7 +60,7 @@ for i = 12, #KEYS do
 end
 local t = redis.call('TIME')
 return {
-  'ok',
+  large and 'large' or 'ok',
   redis.call('GET', KEYS[7]) or '0',
   redis.call('GET', KEYS[8]) or '0',
   tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
