@@ -23,6 +23,12 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    """uvicorn attaches a terminal-coloured copy of some messages; it is noise in a log."""
+    record.__dict__.pop("color_message", None)
+    return True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", **static: str) -> None:
     """Send every logger (ours, uvicorn's, the libraries') through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -36,6 +42,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", **static: str) -> 
         )
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_drop_color_message)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
