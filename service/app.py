@@ -157,7 +157,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stack.push_async_callback(redis.aclose)
         # The loops get connections of their own, so a flood of clicks waiting for the
         # main pool can never delay a tick, a heartbeat or the pub/sub listener.
-        loops_redis = connect_redis(settings.redis_url, max_connections=4)
+        # Their commands are reads and absolute writes, safe to re-send on a lost reply.
+        loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
         runtime.counter = counter = Counter(redis, runtime.keys)
         stack.push_async_callback(counter.drain)
@@ -168,7 +169,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         background = Counter(loops_redis, runtime.keys)
         runtime.presence = Presence(background, runtime.instance_id, settings.presence_ttl_s)
         runtime.ticker = Ticker(background, settings.broadcast_interval_ms, runtime.broadcast_state)
-        runtime.bus = Bus(loops_redis, runtime.keys.events, runtime.instance_id, runtime.deliver)
+        runtime.bus = Bus(
+            loops_redis,
+            runtime.keys.events,
+            runtime.instance_id,
+            runtime.deliver,
+            publisher=redis,
+        )
         # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
         listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)
         runtime.bus.on_subscribed = listener.mark_ok

@@ -36,8 +36,12 @@ class Bus:
         deliver: Deliver,
         *,
         ping_interval_s: float = 2.0,
+        publisher: Redis | None = None,
     ) -> None:
         self.redis = redis
+        # Events go out on a client that never re-sends (a lost reply must not make an
+        # event arrive twice); listening and pings may use one that does.
+        self.publisher = publisher or redis
         self.channel = channel
         self.host_id = host_id
         self.deliver = deliver
@@ -57,7 +61,7 @@ class Bus:
         """Deliver locally, then to the other instances."""
         await self.deliver(event, data, room)
         message = {"host": self.host_id, "event": event, "data": data, "room": room}
-        await self.redis.publish(self.channel, json.dumps(message, separators=(",", ":")))
+        await self.publisher.publish(self.channel, json.dumps(message, separators=(",", ":")))
 
     async def listen(self) -> None:
         """Subscribe and dispatch until the connection fails; the caller's Loop retries."""

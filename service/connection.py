@@ -11,34 +11,45 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-# Fail fast when Redis is gone: a click should get a clear 503 in about a
-# second, not hang through redis-py's default multi-second retries.
-_CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 1.0,
-    "socket_timeout": 5.0,
-    "health_check_interval": 15,
-    "retry": Retry(ExponentialBackoff(cap=0.25, base=0.05), retries=1),
-    "retry_on_error": [ConnectionError, TimeoutError],
-}
 MAX_CONNECTIONS = 64
 
 
-def connect_redis(url: str, *, max_connections: int = MAX_CONNECTIONS) -> Redis:
+def _options(retry: bool) -> dict[str, Any]:
+    """Fail fast when Redis is gone: a click gets a clear 503 in about a second.
+
+    No retry unless asked: redis-py re-sends a command whose reply was lost, and the
+    click, join and delete scripts must not run twice (a lost reply would count a
+    click twice, or answer "name taken" to the join that took it).
+    """
+    return {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 5.0,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.05), retries=1 if retry else 0),
+        "retry_on_error": [ConnectionError, TimeoutError] if retry else [],
+    }
+
+
+def connect_redis(
+    url: str, *, max_connections: int = MAX_CONNECTIONS, retry: bool = False
+) -> Redis:
     """A client for this URL. With Sentinel it follows the current primary across failovers.
+
+    `retry=True` only for clients whose commands are all safe to run twice.
 
     redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
         [?sentinel_password=...]  (when the Sentinels themselves require a password)
     """
     if url.startswith("redis+sentinel://"):
-        return _sentinel_client(url)
+        return _sentinel_client(url, retry)
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, **_CLIENT_OPTIONS
+        url, max_connections=max_connections, timeout=5, **_options(retry)
     )
     # from_pool: the client owns the pool, so aclose() closes its connections too.
     return Redis.from_pool(pool)
 
 
-def _sentinel_client(url: str) -> Redis:
+def _sentinel_client(url: str, retry: bool) -> Redis:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     password = unquote(parts.password) if parts.password else None
@@ -56,5 +67,5 @@ def _sentinel_client(url: str) -> Redis:
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password[0]
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
-    client: Redis = sentinel.master_for(service, db=db, password=password, **_CLIENT_OPTIONS)
+    client: Redis = sentinel.master_for(service, db=db, password=password, **_options(retry))
     return client

@@ -189,6 +189,10 @@ class Counter:
         """Send queued clicks in calls of at most max_batch until the queue is empty."""
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            # A caller that gave up (cancelled) must not have its click counted.
+            batch = [queued for queued in batch if not queued.future.done()]
+            if not batch:
+                continue
             try:
                 replies = await self._click(
                     keys=[*self._click_keys(), *(q.rate_key for q in batch)],
@@ -404,5 +408,6 @@ class Counter:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def workers_alive(self) -> int:
-        found = [k async for k in self.redis.scan_iter(match=self.keys.worker_health_pattern)]
-        return len(found)
+        """Workers whose heartbeat has not expired (a sorted set: no keyspace scan)."""
+        now_ms = int(time.time() * 1000)
+        return int(await self.redis.zcount(self.keys.workers, now_ms, "+inf"))

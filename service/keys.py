@@ -155,5 +155,6 @@ class Keys:
         return f"{self.prefix}worker:health:{worker_id}"
 
     @property
-    def worker_health_pattern(self) -> str:
-        return self.prefix + "worker:health:*"
+    def workers(self) -> str:
+        # Sorted set: worker id -> heartbeat expiry (ms), counted by /metrics.
+        return self.prefix + "worker:alive"

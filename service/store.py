@@ -24,6 +24,10 @@ BATCH_ROWS = 1000
 class StaleFence(Exception):
     """A newer snapshot leader has written; this (paused, old) leader must not."""
 
+    def __init__(self, fence: int, stored: int) -> None:
+        super().__init__(f"fence {fence} is older than the stored {stored}")
+        self.stored = stored
+
 
 @dataclass(frozen=True)
 class UserRow:
@@ -259,7 +263,7 @@ class Store:
             cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
             row = cursor.fetchone()
             if row is not None and int(row[0]) > fence:
-                raise StaleFence(f"fence {fence} is older than the stored {row[0]}")
+                raise StaleFence(fence, int(row[0]))
             if cut.deleted:
                 self._execute_many(
                     conn,
@@ -311,6 +315,24 @@ class Store:
                 (1, global_count, cut.clicks_total, cut.server_ms, fence),
             )
         return cut.rows
+
+    def raise_fence(self, fence: int) -> int:
+        """Record `fence` as the newest writer's, so older leaders' commits are refused.
+
+        Returns the stored fence afterwards; above `fence`, a newer leader exists (or
+        Redis lost its fence counter and this one was handed out again).
+        """
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            lock = " FOR UPDATE" if self.is_mysql else ""
+            cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
+            row = cursor.fetchone()
+            if row is None:
+                return 0
+            stored = int(row[0])
+            if stored < fence:
+                cursor.execute(self._sql("UPDATE totals SET fence = %s WHERE id = 1"), (fence,))
+            return max(stored, fence)
 
     # -- reads for restore, export and tests --------------------------------
     def users_after(self, canon: str, limit: int) -> list[UserRow]:

@@ -70,6 +70,8 @@ class Ticker:
         self.last_body: dict[str, Any] | None = None
         self.last_tick = -1
         self.restored = True
+        # (last tick when it started, the read) shared by clients connecting together
+        self._welcome_read: tuple[int, asyncio.Future[State]] | None = None
 
     def tick_of(self, server_ms: int) -> int:
         return server_ms // self.interval_ms
@@ -81,14 +83,22 @@ class Ticker:
         is the last broadcast tick (which skipped this client), so every tick the client
         gets afterwards is higher: nobody sees a tick id twice. If a broadcast went out
         while we read, its body is at least as new as ours, so that one is sent.
+        Clients connecting together share one read: a reconnect storm costs one
+        Redis call per read, not one per client.
         """
         before = self.last_tick
-        state = await self.counter.state()
-        cps = self.rate.add(state.server_ms, state.clicks_total)
+        if self._welcome_read is None or self._welcome_read[0] != before:
+            self._welcome_read = (before, asyncio.ensure_future(self.counter.state()))
+        read = self._welcome_read[1]
+        try:
+            state = await asyncio.shield(read)
+        finally:
+            if self._welcome_read is not None and self._welcome_read[1] is read and read.done():
+                self._welcome_read = None
         if self.last_tick != before and self.last_body is not None:
             return self.last_body
         label = before if before >= 0 else self.tick_of(state.server_ms) - 1
-        return state_body(state, cps, label)
+        return state_body(state, self.rate.current(), label)
 
     async def step(self) -> None:
         """Sleep to the next tick boundary, then broadcast if anything changed."""

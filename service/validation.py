@@ -9,13 +9,18 @@ from service.breakdown import DIMENSIONS
 from service.errors import ApiError, invalid
 
 MAX_USERNAME = 32
+# Normalising can lengthen a name (NFKC turns U+FDFA into 18 letters); the store's key
+# column holds 191 characters, so three times the display length is the ceiling.
+MAX_CANONICAL = 3 * MAX_USERNAME
 MAX_CLICK_BATCH = 50
 MAX_PAGE = 200
 MAX_SEARCH = 50
 # Bucket widths keep every window to at most a few hundred points.
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
 _PUNCTUATION = {" ", "_", "-", "."}
-_MAX_COUNT = 2**53  # counts live in sorted-set scores: doubles, exact up to 2**53
+# Counts live in sorted-set scores, doubles exact up to 2**53; an admin may set a
+# count far below that, so clicks on top of it stay exact.
+_MAX_COUNT = 10**12
 
 
 def canonical(name: str) -> str:
@@ -46,7 +51,10 @@ def username(raw: Any) -> tuple[str, str]:
                 "invalid_username",
                 f"username may hold letters, digits, spaces and _ - . only, not {char!r}.",
             )
-    return display, canonical(display)
+    canon = canonical(display)
+    if len(canon) > MAX_CANONICAL:
+        raise invalid("invalid_username", "username is too long once normalised.")
+    return display, canon
 
 
 def strict_int(value: Any) -> int | None:
@@ -113,7 +121,7 @@ def admin_count(payload: Any) -> int:
         raise invalid("invalid_count", 'body must be an object like {"count": 0}.')
     count = strict_int(payload["count"])
     if count is None or not 0 <= count <= _MAX_COUNT:
-        raise invalid("invalid_count", "count must be an integer >= 0.")
+        raise invalid("invalid_count", f"count must be an integer from 0 to {_MAX_COUNT}.")
     return count
 
 

@@ -165,3 +165,14 @@ async def test_a_large_change_set_is_read_in_chunks_and_keeps_the_invariant(
     assert store.user_sum() == (39, state.global_count)
     assert store.totals().global_count == state.global_count  # type: ignore[union-attr]
     assert not await redis.exists(keys.dirty_inflight)
+
+
+async def test_thousands_of_deletes_between_snapshots(
+    counter: Counter, redis: Any, keys: Keys, store: Store
+) -> None:
+    # More tombstones than Lua's unpack() can spread in one call.
+    await redis.hset(keys.tombstones, mapping={f"gone{i}": f"n{i}" for i in range(5000)})
+    report = await Snapshotter(redis, keys, store).snapshot(fence=1)
+    assert report is not None and report.rows >= 5000
+    assert store.dead_tokens([("gone4999", "n4999")]) == {("gone4999", "n4999")}
+    assert not await redis.exists(keys.tombstones, keys.tombstones_inflight)

@@ -26,6 +26,10 @@ class Lease:
         self._acquire = load_script(redis, "lease_acquire")
         self._renew = load_script(redis, "lease_renew")
         self._release = load_script(redis, "lease_release")
+        self._advance = redis.register_script(
+            "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+            "redis.call('SET', KEYS[1], ARGV[1]) end"
+        )
 
     @property
     def held(self) -> bool:
@@ -61,6 +65,19 @@ class Lease:
     def lost(self) -> None:
         """Forget the lease (the store told us a newer leader has written)."""
         self.fence = None
+
+    async def advance_past(self, fence: int) -> None:
+        """Make the next acquisition's fence exceed `fence`, and give up ours if older.
+
+        The counter lives in Redis; after a data loss it starts again from 1 while the
+        SQL store remembers the last writer's fence, which would refuse every snapshot.
+        """
+        await self._advance(keys=[self.keys.fence], args=[fence])
+        if self.fence is not None and self.fence <= fence:
+            log.warning(
+                "our fence %s is not newer than %s; taking the lease again", self.fence, fence
+            )
+            await self.release()
 
     async def release(self) -> None:
         if self.fence is not None:

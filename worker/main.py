@@ -96,12 +96,14 @@ class Worker:
         """Keep (or take) the lease, report health, and start a restore if Redis lost data."""
         try:
             leader = await self.lease.keep()
-            health = {"worker": self.worker_id, "leader": leader, "at": int(time.time() * 1000)}
-            await self.redis.set(
-                self.keys.worker_health(self.worker_id),
-                json.dumps(health),
-                ex=max(10, int(self.guard_interval_s * 4)),
-            )
+            now_ms = int(time.time() * 1000)
+            health = {"worker": self.worker_id, "leader": leader, "at": now_ms}
+            ttl_s = max(10, int(self.guard_interval_s * 4))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.worker_health(self.worker_id), json.dumps(health), ex=ttl_s)
+            pipe.zadd(self.keys.workers, {self.worker_id: now_ms + ttl_s * 1000})
+            pipe.zremrangebyscore(self.keys.workers, "-inf", now_ms)
+            await pipe.execute()
             restoring = self._restore_task is not None and not self._restore_task.done()
             if leader and not restoring and await self.restorer.needed():
                 self._restore_task = asyncio.create_task(self._restore(), name="restore")
@@ -109,9 +111,22 @@ class Worker:
             log.warning("lease/health check failed: %s", exc)
 
     async def _restore(self) -> int | None:
+        """Restore under the snapshot lock, as the newest writer of the SQL store.
+
+        The lock keeps a snapshot read before the loss from committing in the middle;
+        raising the stored fence first refuses any older leader's late commit too.
+        """
         try:
-            await self._migrate()
-            return await self.restorer.run(lambda: self.lease.held)
+            async with self._snapshot_lock:
+                await self._migrate()
+                fence = self.lease.fence
+                if fence is None or not await self.restorer.needed():
+                    return None
+                stored = await asyncio.to_thread(self.store.raise_fence, fence)
+                if stored > fence:
+                    await self.lease.advance_past(stored)
+                    return None
+                return await self.restorer.run(lambda: self.lease.held)
         except OUTSIDE_ERRORS as exc:
             log.warning("restore attempt failed (%s); retrying on the next check", exc)
             return None
@@ -126,7 +141,9 @@ class Worker:
                 await self._migrate()
                 report = await self.snapshotter.snapshot(fence)
             except StaleFence as exc:
-                log.warning("a newer leader wrote the snapshot store (%s); standing down", exc)
+                log.warning("a newer fence wrote the snapshot store (%s); standing down", exc)
+                with contextlib.suppress(RedisError):
+                    await self.lease.advance_past(exc.stored)
                 self.lease.lost()
                 return
             except OUTSIDE_ERRORS as exc:
@@ -233,6 +250,7 @@ class Worker:
         with contextlib.suppress(*OUTSIDE_ERRORS):
             await self.lease.release()
             await self.redis.delete(self.keys.worker_health(self.worker_id))
+            await self.redis.zrem(self.keys.workers, self.worker_id)
         await self.redis.aclose()
         log.info("worker %s stopped", self.worker_id)
 

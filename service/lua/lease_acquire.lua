@@ -4,7 +4,13 @@
 --
 -- KEYS: lease fence
 -- ARGV: worker_id ttl_ms
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  -- A re-sent call finds the lease it already took: answer with that fence.
+  local prefix = ARGV[1] .. ':'
+  if string.sub(holder, 1, #prefix) == prefix then
+    return tonumber(string.sub(holder, #prefix + 1))
+  end
   return 0
 end
 local fence = redis.call('INCR', KEYS[2])

@@ -17,7 +17,10 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 if redis.call('EXISTS', KEYS[10]) == 1 then
   local pending = redis.call('HGETALL', KEYS[10])
-  redis.call('HSET', KEYS[11], unpack(pending))
+  -- One field at a time: unpack() cannot spread more than a few thousand values.
+  for i = 1, #pending, 2 do
+    redis.call('HSET', KEYS[11], pending[i], pending[i + 1])
+  end
   redis.call('DEL', KEYS[10])
 end
 local users, deleted = {}, {}
