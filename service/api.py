@@ -18,7 +18,6 @@ from service import metrics, validation
 from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
-from service.ticker import state_body
 from service.tokens import Player
 
 if TYPE_CHECKING:
@@ -106,9 +105,7 @@ async def click(request: Request) -> Response:
 async def state(request: Request) -> Response:
     rt = _runtime(request)
     current = await rt.counter.state()
-    return JSONResponse(
-        state_body(current, rt.ticker.rate.current(), rt.ticker.tick_of(current.server_ms))
-    )
+    return JSONResponse(rt.ticker.describe(current))
 
 
 async def leaderboard(request: Request) -> Response:
@@ -185,7 +182,7 @@ async def admin_status(request: Request) -> Response:
     _require_admin(request)
     rt = _runtime(request)
     current = await rt.counter.state()
-    body = state_body(current, rt.ticker.rate.current(), rt.ticker.tick_of(current.server_ms))
+    body = rt.ticker.describe(current)
     body["snapshot"] = _snapshot_view(await rt.counter.snapshot_status(), current.server_ms)
     body["restore"] = "done" if current.restored else "in_progress"
     body["workers"] = await rt.counter.workers_alive()

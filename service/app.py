@@ -96,9 +96,12 @@ class Runtime:
             socketio.packet.EVENT, namespace="/", data=["state", body]
         ).encode()
         message = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
+        sent = 0
         for eio_sid in eio_sids:
             with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
                 await self.sio.eio.send_packet(eio_sid, message)
+                sent += 1
+        metrics.STATE_BYTES.inc(len(encoded) * sent)
 
     def forget(self, sid: str) -> None:
         """Drop everything this instance holds for a connection; idempotent."""

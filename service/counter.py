@@ -29,13 +29,16 @@ def load_script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(source)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply as str (replies are bytes; a missing value is "")."""
+    if value is None:
+        return ""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     """[name, score, name, score, ...] from WITHSCORES into (name, int count) pairs."""
-    return [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+    return [(as_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
 def utc_day(epoch_s: float) -> str:
@@ -127,7 +130,7 @@ class Counter:
             keys=[k.nonces, k.names, k.board, k.lex, k.dirty, k.epoch, k.join_rate(address)],
             args=[canon, display, nonce, limit_per_minute],
         )
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "taken":
             raise ApiError(409, "name_taken", f"The name {display!r} is taken; pick another.")
         if outcome == "rate":
@@ -159,7 +162,7 @@ class Counter:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="click-flush")
         reply = await future
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "token":
             raise invalid_token()
         if outcome == "rate":
@@ -247,7 +250,7 @@ class Counter:
         stored, epoch = await pipe.execute()
         if stored is None:
             return not epoch
-        return _text(stored) == player.nonce
+        return as_text(stored) == player.nonce
 
     # -- admin -------------------------------------------------------------
     async def set_count(self, canon: str, count: int) -> AdminResult:
@@ -279,14 +282,14 @@ class Counter:
 
     @staticmethod
     def _admin_result(reply: list[Any], count: int) -> AdminResult:
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "missing":
             raise ApiError(404, "not_found", "No user by that name.")
         if outcome == "restoring":
             raise restoring()
-        nonce = _text(reply[3]) if reply[3] is not None else None
+        nonce = as_text(reply[3]) if reply[3] is not None else None
         return AdminResult(
-            username=_text(reply[1]), global_count=int(reply[2]), nonce=nonce, count=count
+            username=as_text(reply[1]), global_count=int(reply[2]), nonce=nonce, count=count
         )
 
     # -- reads -------------------------------------------------------------
@@ -335,7 +338,7 @@ class Counter:
         if not canons:
             return []
         rows = await self._user(keys=[self.keys.names, self.keys.board], args=canons)
-        return [Entry(int(rank), _text(name), int(float(count))) for name, count, rank in rows]
+        return [Entry(int(rank), as_text(name), int(float(count))) for name, count, rank in rows]
 
     async def search(self, prefix: str, limit: int) -> list[Entry]:
         """Users whose name starts with prefix (ignoring case), in name order."""
@@ -343,7 +346,7 @@ class Counter:
         low = b"[" + prefix.encode() if prefix else b"-"
         high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
         canons = await self.redis.zrangebylex(self.keys.lex, low, high, start=0, num=limit)
-        return await self.users([_text(c) for c in canons])
+        return await self.users([as_text(c) for c in canons])
 
     async def stats(self, window_name: str, now: float | None = None) -> dict[str, Any]:
         """Clicks per bucket over a window, oldest first, empty buckets as 0."""
@@ -370,14 +373,14 @@ class Counter:
         totals: dict[str, int] = {}
         for day in await pipe.execute():
             for value, clicks in day.items():
-                totals[_text(value)] = totals.get(_text(value), 0) + int(clicks)
+                totals[as_text(value)] = totals.get(as_text(value), 0) + int(clicks)
         ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
         return [Entry(i + 1, value, clicks) for i, (value, clicks) in enumerate(ranked)]
 
     async def countries(self, limit: int) -> list[tuple[str, int]]:
         """The country leaderboard (all time)."""
         flat = await self.redis.zrevrange(self.keys.country_board, 0, limit - 1, withscores=True)
-        return [(_text(row[0]), int(row[1])) for row in flat]
+        return [(as_text(row[0]), int(row[1])) for row in flat]
 
     # -- presence ----------------------------------------------------------
     async def heartbeat(self, instance_id: str, connections: int, ttl_ms: int) -> None:
@@ -405,7 +408,7 @@ class Counter:
     async def snapshot_status(self) -> dict[str, str]:
         """What the snapshot leader last reported (see worker/snapshot.py for the fields)."""
         raw = await self.redis.hgetall(self.keys.snapshot_status)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
     async def workers_alive(self) -> int:
         """Workers whose heartbeat has not expired (a sorted set: no keyspace scan)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -33,10 +32,7 @@ class Loop:
         self.step = step
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
-        self.healthy = False
-        self.failures = 0
-        self.last_error = ""
-        self.last_ok = 0.0
+        self.failures = 0  # in the current streak; 0 while healthy
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -59,11 +55,9 @@ class Loop:
         return self._task is not None and not self._task.done()
 
     def mark_ok(self) -> None:
-        if not self.healthy and self.failures:
+        if self.failures:
             log.info("%s recovered after %d failures", self.name, self.failures)
-        self.healthy = True
         self.failures = 0
-        self.last_ok = time.monotonic()
         metrics.LOOP_UP.labels(self.name).set(1)
 
     async def _run(self) -> None:
@@ -76,18 +70,17 @@ class Loop:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.healthy = False
                 self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
                 metrics.LOOP_UP.labels(self.name).set(0)
                 metrics.LOOP_ERRORS.labels(self.name).inc()
                 # One line per failure; a traceback only for the first of a streak of
                 # errors we did not expect (a bug), not for an unreachable Redis.
                 expected = isinstance(exc, RedisError | OSError)
                 log.warning(
-                    "%s failed (%s); retrying in %.1fs",
+                    "%s failed (%s: %s); retrying in %.1fs",
                     self.name,
-                    self.last_error,
+                    type(exc).__name__,
+                    exc,
                     backoff,
                     exc_info=not expected and self.failures == 1,
                 )

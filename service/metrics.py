@@ -27,7 +27,9 @@ CONNECTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 TICKS = Counter("clickky_ticks_sent_total", "State messages broadcast (one per changed tick).")
-TICK_BYTES = Counter("clickky_tick_bytes_total", "Bytes of state payload per client, summed.")
+STATE_BYTES = Counter(
+    "clickky_state_bytes_total", "Bytes of state messages queued to clients, all clients summed."
+)
 BROADCAST_LAG = Histogram(
     "clickky_broadcast_lag_seconds",
     "Delay from a tick boundary until its state was handed to every local client.",

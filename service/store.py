@@ -119,6 +119,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
+        self._migrated = False
         self.is_mysql = parts.scheme in ("mysql", "mysql+pymysql")
         if self.is_mysql:
             self._mysql_args: dict[str, Any] = {
@@ -198,7 +199,13 @@ class Store:
             conn.close()
 
     def migrate(self) -> int:
-        """Create or upgrade the schema to SCHEMA_VERSION; safe to run concurrently."""
+        """Create or upgrade the schema to SCHEMA_VERSION; safe to run concurrently.
+
+        Once per Store: the instance's secret and fresh-start checks and every worker
+        job call it, and only the first call needs to touch the database.
+        """
+        if self._migrated:
+            return SCHEMA_VERSION
         if self.is_mysql:
             self._create_database()
         bin_collation = "COLLATE utf8mb4_bin" if self.is_mysql else ""
@@ -220,6 +227,7 @@ class Store:
                     self._upsert("meta", ("k", "v"), ("k",)),
                     ("schema_version", str(SCHEMA_VERSION)),
                 )
+        self._migrated = True
         return SCHEMA_VERSION
 
     def schema_version(self) -> int:

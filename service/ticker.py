@@ -9,7 +9,6 @@ clock, so they agree across instances too.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -76,6 +75,10 @@ class Ticker:
     def tick_of(self, server_ms: int) -> int:
         return server_ms // self.interval_ms
 
+    def describe(self, state: State) -> dict[str, Any]:
+        """The state as GET /api/state shows it: the current cps and tick id."""
+        return state_body(state, self.rate.current(), self.tick_of(state.server_ms))
+
     async def welcome(self) -> dict[str, Any]:
         """A fresh state for a client that broadcasts skip until it has had this one.
 
@@ -121,7 +124,6 @@ class Ticker:
         self.last_tick, self.last_body = tick, body
         await self.emit(body)
         metrics.TICKS.inc()
-        metrics.TICK_BYTES.inc(len(json.dumps(body, separators=(",", ":"))))
         metrics.BROADCAST_LAG.observe(max(0.0, time.time() - boundary))
 
 

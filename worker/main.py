@@ -65,7 +65,6 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
         self.failures = 0
-        self._migrated = False
         self._snapshot_lock = asyncio.Lock()
         self._restore_task: asyncio.Task[int | None] | None = None
         self._closed = False
@@ -203,9 +202,7 @@ class Worker:
             )
 
     async def _migrate(self) -> None:
-        if not self._migrated:
-            await asyncio.to_thread(self.store.migrate)
-            self._migrated = True
+        await asyncio.to_thread(self.store.migrate)
 
     async def prune(self) -> None:
         if self.lease.held:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from service.counter import load_script, utc_day
+from service.counter import as_text, load_script, utc_day
 from service.keys import Keys
 from service.store import Store
 from worker.snapshot import HISTORY_S
@@ -19,12 +19,6 @@ from worker.snapshot import HISTORY_S
 log = logging.getLogger(__name__)
 
 BATCH_USERS = 5000
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Restorer:
@@ -90,7 +84,7 @@ class Restorer:
             if not still_leader():
                 log.warning("lost the lease during a restore; the next leader resumes it")
                 return restored
-            cursor = _text(await self.redis.hget(k.restore, "cursor"))
+            cursor = as_text(await self.redis.hget(k.restore, "cursor"))
             batch = await asyncio.to_thread(self.store.users_after, cursor, self.batch_users)
             if not batch:
                 break
@@ -105,10 +99,10 @@ class Restorer:
                 restored += len(batch)
                 log.info("restore progress", extra={"users": restored})
 
-        provisional = [_text(c) for c in await self.redis.smembers(k.provisional)]
+        provisional = [as_text(c) for c in await self.redis.smembers(k.provisional)]
         pairs: list[tuple[str, str]] = []
         for canon in provisional:
-            nonce = _text(await self.redis.hget(k.nonces, canon))
+            nonce = as_text(await self.redis.hget(k.nonces, canon))
             if nonce:
                 pairs.append((canon, nonce))
         dead = await asyncio.to_thread(self.store.dead_tokens, pairs)

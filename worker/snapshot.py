@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.breakdown import DIMENSIONS
-from service.counter import load_script, utc_day
+from service.counter import as_text, load_script, utc_day
 from service.keys import Keys
 from service.store import Cut, Store, UserRow
 
@@ -22,10 +22,6 @@ HISTORY_S = 8 * 86400
 # Redis at most); more would block Redis for seconds, so they are read in chunks.
 MAX_INLINE_USERS = 100_000
 CHUNK_USERS = 10_000
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -87,19 +83,19 @@ class Snapshotter:
             ],
             args=[first, last, self.max_inline_users],
         )
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "restoring":
             return None
         flat_users, deleted, flat_minutes, flat_tombs = reply[4], reply[5], reply[6], reply[7]
         breakdowns: dict[tuple[str, str, str], int] = {}
         for (day, dimension), flat in zip(wanted, reply[8], strict=True):
             for i in range(0, len(flat), 2):
-                breakdowns[(day, dimension, _text(flat[i]))] = int(flat[i + 1])
+                breakdowns[(day, dimension, as_text(flat[i]))] = int(flat[i + 1])
         users = [
             UserRow(
-                canon=_text(flat_users[i]),
-                username=_text(flat_users[i + 1]),
-                nonce=_text(flat_users[i + 2]),
+                canon=as_text(flat_users[i]),
+                username=as_text(flat_users[i + 1]),
+                nonce=as_text(flat_users[i + 2]),
                 count=int(float(flat_users[i + 3])),
             )
             for i in range(0, len(flat_users), 4)
@@ -117,13 +113,13 @@ class Snapshotter:
             clicks_total=int(reply[2]),
             server_ms=int(reply[3]),
             users=users,
-            deleted=[_text(c) for c in deleted],
+            deleted=[as_text(c) for c in deleted],
             minutes={
                 int(flat_minutes[i]): int(flat_minutes[i + 1])
                 for i in range(0, len(flat_minutes), 2)
             },
             tombstones=[
-                (_text(flat_tombs[i]), _text(flat_tombs[i + 1]))
+                (as_text(flat_tombs[i]), as_text(flat_tombs[i + 1]))
                 for i in range(0, len(flat_tombs), 2)
             ],
             breakdowns=breakdowns,
@@ -139,12 +135,14 @@ class Snapshotter:
             rows = await self._read_users(keys=[k.names, k.nonces, k.board], args=canons)
             for canon, row in zip(canons, rows, strict=True):
                 if row:
-                    users.append(UserRow(canon, _text(row[0]), _text(row[1]), int(float(row[2]))))
+                    users.append(
+                        UserRow(canon, as_text(row[0]), as_text(row[1]), int(float(row[2])))
+                    )
                 else:
                     deleted.append(canon)
 
         async for member in self.redis.sscan_iter(k.dirty_inflight, count=CHUNK_USERS):
-            batch.append(_text(member))
+            batch.append(as_text(member))
             if len(batch) >= CHUNK_USERS:
                 await read(batch)
                 batch = []
@@ -203,7 +201,7 @@ class Snapshotter:
         stale = [
             key
             async for key in self.redis.scan_iter(match=self.keys.breakdown_pattern)
-            if _text(key).rsplit(":", 1)[-1] < oldest_day
+            if as_text(key).rsplit(":", 1)[-1] < oldest_day
         ]
         if stale:
             await self.redis.delete(*stale)
