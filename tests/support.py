@@ -19,6 +19,10 @@ from typing import Any
 import httpx
 import socketio
 
+from service.counter import Counter
+from service.tokens import Player as TokenPlayer
+from service.validation import canonical
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -295,6 +299,13 @@ class Player:
     def last(self) -> dict[str, Any]:
         assert self.states, "no state received yet"
         return self.states[-1]
+
+
+async def make_player(counter: Counter, display: str) -> TokenPlayer:
+    """Join straight through the data model (no HTTP) and return who the token names."""
+    canon = canonical(display)
+    nonce = await counter.join(display, canon, "127.0.0.1", 10_000)
+    return TokenPlayer(display=display, canon=canon, nonce=nonce)
 
 
 async def join(client: httpx.AsyncClient, username: str) -> str:

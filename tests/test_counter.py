@@ -15,14 +15,9 @@ from service.errors import ApiError
 from service.keys import Keys
 from service.tokens import Player
 from service.validation import canonical
-from tests.support import eventually
+from tests.support import eventually, make_player
 
 NO_LIMIT = 10_000
-
-
-async def make_player(counter: Counter, display: str) -> Player:
-    nonce = await counter.join(display, canonical(display), "127.0.0.1", NO_LIMIT)
-    return Player(display=display, canon=canonical(display), nonce=nonce)
 
 
 async def consistent_read(redis: Any, keys: Keys) -> tuple[int, dict[str, int]]:

@@ -13,8 +13,7 @@ from service.counter import Counter
 from service.errors import ApiError
 from service.keys import Keys
 from service.store import Store
-from service.tokens import Player
-from service.validation import canonical
+from tests.support import make_player
 from worker.restore import Restorer
 from worker.snapshot import Snapshotter
 
@@ -24,11 +23,6 @@ def store(tmp_path: Path) -> Store:
     result = Store(f"sqlite:///{tmp_path / 'restore.db'}")
     result.migrate()
     return result
-
-
-async def make_player(counter: Counter, name: str) -> Player:
-    nonce = await counter.join(name, canonical(name), "127.0.0.1", 10_000)
-    return Player(display=name, canon=canonical(name), nonce=nonce)
 
 
 async def lose_everything(redis: Any, keys: Keys) -> None:

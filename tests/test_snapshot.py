@@ -14,7 +14,7 @@ from service.counter import Counter, utc_day
 from service.keys import Keys
 from service.store import Store
 from service.tokens import Player
-from service.validation import canonical
+from tests.support import make_player
 from worker.snapshot import Snapshotter
 
 
@@ -23,11 +23,6 @@ def store(store_url: str) -> Store:
     result = Store(store_url)
     result.migrate()
     return result
-
-
-async def make_player(counter: Counter, name: str) -> Player:
-    nonce = await counter.join(name, canonical(name), "127.0.0.1", 10_000)
-    return Player(display=name, canon=canonical(name), nonce=nonce)
 
 
 async def test_snapshot_writes_exact_counts_and_keeps_the_invariant(
