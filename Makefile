@@ -7,7 +7,7 @@ WEB := service/web
 WEB_BUILT := service/static/.built
 WEB_SOURCES := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs
 
-.PHONY: run test check lint web stack clean
+.PHONY: run test check lint web stack loadtest clean
 
 run: $(STAMP) web ## run the whole thing locally: Redis (embedded unless REDIS_URL), one instance, the worker
 	$(BIN)/clickky run
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 stack: $(STAMP) web ## N instances + worker + nginx, without Docker: make stack INSTANCES=3
 	$(BIN)/clickky stack --instances $(or $(INSTANCES),3)
+
+loadtest: $(STAMP) web ## N instances with load-test settings, locust, the loss check
+	$(BIN)/clickky loadtest --instances $(or $(INSTANCES),2) --users $(or $(USERS),200) \
+	    --time $(or $(TIME),2m) $(if $(OUT),--out $(OUT))
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Clickky needs Python 3.11 or newer")'

@@ -217,7 +217,7 @@ def _redacted(url: str) -> str:
 
 def create_app(settings: Settings | None = None) -> SocketJanitor:
     """The Socket.IO server at /socket.io, with the HTTP API and pages behind it."""
-    settings = settings or Settings.from_environ()
+    settings = settings or Settings.load("clickky")
     runtime = Runtime(settings)
     http = Starlette(
         routes=[*api.routes(), *pages.routes()],

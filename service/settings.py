@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.config import Config
+
+from service import urls
 
 
 class SettingsError(ValueError):
     """A configuration variable has a value we cannot use."""
 
 
+def refuse(name: str, value: object, accepted: str) -> SettingsError:
+    """The one-line refusal: the variable, its value (secrets masked), what is accepted."""
+    secret = any(word in name for word in ("TOKEN", "SECRET", "PASSWORD"))
+    shown = "***" if secret else urls.mask(str(value))
+    return SettingsError(f"{name}={shown!r} is not accepted: {accepted}")
+
+
 def _positive(name: str, value: int | float) -> None:
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise refuse(name, value, "a positive number")
+
+
+def _url(name: str, value: str, check: Callable[[str], None], forms: str) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise refuse(name, value, f"{exc}; expected {forms}") from None
+
+
+_KINDS: dict[object, str] = {int: "a whole number", float: "a number"}
+
+
+class _Environment(Config):
+    """starlette's Config, with a cast failure worded as every other refusal."""
+
+    def _perform_cast(self, key: str, value: Any, cast: Callable[[Any], Any] | None = None) -> Any:
+        try:
+            return super()._perform_cast(key, value, cast)
+        except ValueError:
+            raise refuse(key, value, _KINDS.get(cast, "another value")) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,19 +81,25 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every variable once; a missing REDIS_URL means the embedded default."""
-        config = Config(environ=os.environ if environ is None else environ)
-        try:
-            settings = cls._read(config)
-        except ValueError as exc:  # Starlette's cast errors name the variable and the value
-            raise SettingsError(str(exc)) from None
+        config = _Environment(environ=os.environ if environ is None else environ)
+        settings = cls._read(config)
         settings.validate()
         return settings
+
+    @classmethod
+    def load(cls, program: str) -> Settings:
+        """from_environ, or end the process at once with the refusal on one line (exit 2)."""
+        try:
+            return cls.from_environ()
+        except SettingsError as exc:
+            print(f"{program}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     @classmethod
     def _read(cls, config: Config) -> Settings:
         export_hour = config("EXPORT_HOUR", cast=str, default="").strip()
         if export_hour and not export_hour.isdigit():
-            raise SettingsError(f"EXPORT_HOUR must be an hour 0..23, not {export_hour!r}")
+            raise refuse("EXPORT_HOUR", export_hour, "an hour 0..23 (UTC), or unset")
         return cls(
             redis_url=config("REDIS_URL", cast=str, default="redis://127.0.0.1:6379/0"),
             database_url=config("DATABASE_URL", cast=str, default="sqlite:///./clickky.db"),
@@ -96,16 +134,16 @@ class Settings:
         _positive("JOIN_RATE_PER_MIN", self.join_rate_per_min)
         _positive("MAX_BODY_BYTES", self.max_body_bytes)
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
-        if not self.database_url.startswith(("mysql://", "mysql+pymysql://", "sqlite://")):
-            raise SettingsError("DATABASE_URL must start with mysql:// or sqlite:///")
+        _url("REDIS_URL", self.redis_url, urls.check_redis_url, urls.REDIS_FORMS)
+        _url("DATABASE_URL", self.database_url, urls.check_database_url, urls.DATABASE_FORMS)
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise SettingsError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            raise refuse("LOG_LEVEL", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.log_format not in ("json", "text"):
-            raise SettingsError("LOG_FORMAT must be json or text")
+            raise refuse("LOG_FORMAT", self.log_format, "json or text")
         if self.export_hour is not None and not 0 <= self.export_hour <= 23:
-            raise SettingsError("EXPORT_HOUR must be 0..23")
+            raise refuse("EXPORT_HOUR", self.export_hour, "an hour 0..23 (UTC), or unset")
         if self.export_format not in ("csv", "parquet"):
-            raise SettingsError("EXPORT_FORMAT must be csv or parquet")
+            raise refuse("EXPORT_FORMAT", self.export_format, "csv or parquet")
 
     @property
     def tick_s(self) -> float:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.support import ROOT, free_port
-from worker import launcher
+from worker import stack as local_stack
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -231,8 +231,12 @@ def nginx_test(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def test_nginx_accepts_the_rendered_site(tmp_path: Path) -> None:
     run_dir = tmp_path / "nginx"
-    config = launcher.write_nginx_config(run_dir, listen=f"127.0.0.1:{free_port()}", ports=[1, 2])
-    result = nginx_test(launcher.nginx_argv(launcher.nginx_binary(), run_dir, config, test=True))
+    config = local_stack.write_nginx_config(
+        run_dir, listen=f"127.0.0.1:{free_port()}", ports=[1, 2]
+    )
+    result = nginx_test(
+        local_stack.nginx_argv(local_stack.nginx_binary(), run_dir, config, test=True)
+    )
     assert result.returncode == 0, result.stderr
     site = (run_dir / "clickky.conf").read_text()
     assert not re.search(r"\$\{CLICKKY_[A-Z_]+\}", site)
@@ -242,21 +246,21 @@ def test_nginx_accepts_the_rendered_site(tmp_path: Path) -> None:
     (run_dir / "clickky.conf").write_text(site.replace("least_conn;", "least_conn"))
     assert (
         nginx_test(
-            launcher.nginx_argv(launcher.nginx_binary(), run_dir, config, test=True)
+            local_stack.nginx_argv(local_stack.nginx_binary(), run_dir, config, test=True)
         ).returncode
         != 0
     )
 
-    with pytest.raises(launcher.LaunchError):
-        launcher.render_site("listen ${CLICKKY_PORT};", listen="80", upstreams=[])
+    with pytest.raises(local_stack.LaunchError):
+        local_stack.render_site("listen ${CLICKKY_PORT};", listen="80", upstreams=[])
 
 
 def test_nginx_accepts_the_container_main_config(tmp_path: Path) -> None:
     """deploy/nginx/nginx.conf with its /etc and /var paths moved under tmp_path."""
     confd = tmp_path / "conf.d"
     confd.mkdir()
-    site = launcher.render_site(
-        launcher.SITE_TEMPLATE.read_text(),
+    site = local_stack.render_site(
+        local_stack.SITE_TEMPLATE.read_text(),
         listen=f"127.0.0.1:{free_port()}",
         # The compose file's line, with an address that resolves here instead of `app`.
         upstreams=["server 127.0.0.1:8000 max_fails=3 fail_timeout=10s;"],
@@ -278,7 +282,7 @@ def test_nginx_accepts_the_container_main_config(tmp_path: Path) -> None:
     (tmp_path / "nginx.conf").write_text(main)
     result = nginx_test(
         [
-            launcher.nginx_binary(),
+            local_stack.nginx_binary(),
             "-t",
             "-p",
             f"{tmp_path}/",

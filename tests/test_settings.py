@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from service.settings import Settings, SettingsError
+from service.settings import Settings, SettingsError, refuse
 
 
 def test_defaults() -> None:
@@ -119,3 +119,44 @@ def test_values_of_the_wrong_type_are_refused_as_settings_errors(variable: str, 
 def test_validate_also_guards_direct_construction() -> None:
     with pytest.raises(SettingsError, match="RATE_LIMIT_CPS"):
         Settings(redis_url="redis://x", rate_limit_cps=0).validate()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "shown", "accepted"),
+    [
+        ("REDIS_URL", "redis://127.0.0.1:6379/0garbage", "0garbage", "must be a number"),
+        ("REDIS_URL", "htp://nowhere", "htp://nowhere", "expected redis://"),
+        ("REDIS_URL", "redis://:hunter2@h:x/0", "redis://:***@h:x/0", "1..65535"),
+        ("DATABASE_URL", "mysql://u:hunter2@db:3306", "mysql://u:***@db:3306", "mysql://user"),
+        ("RATE_LIMIT_CPS", "12.5", "12.5", "a whole number"),
+        ("SNAPSHOT_INTERVAL_S", "nan", "nan", "a positive number"),
+        ("PRESENCE_TTL_S", "inf", "inf", "a positive number"),
+    ],
+)
+def test_a_refusal_is_one_line_naming_variable_value_and_what_is_accepted(
+    variable: str, value: str, shown: str, accepted: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_environ({variable: value})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{variable}=") and shown in message, message
+    assert accepted in message and "hunter2" not in message
+
+
+def test_secrets_are_never_shown_in_a_refusal() -> None:
+    for name in ("ADMIN_TOKEN", "SECRET_KEY", "ADMIN_TOKENS"):
+        message = str(refuse(name, "hunter2", "at least 32 characters"))
+        assert message == f"{name}='***' is not accepted: at least 32 characters"
+
+
+def test_load_ends_the_process_with_the_refusal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", "hunter2")
+    monkeypatch.setenv("JOIN_RATE_PER_MIN", "-3")
+    with pytest.raises(SystemExit) as exited:
+        Settings.load("clickky")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "clickky: JOIN_RATE_PER_MIN='-3' is not accepted: a positive number\n"

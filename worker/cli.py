@@ -40,9 +40,9 @@ def _common(parser: argparse.ArgumentParser, port: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from worker import launcher
+    from worker import stack
 
-    return launcher.run(host=args.host, port=args.port, worker=args.worker)
+    return stack.run(host=args.host, port=args.port, worker=args.worker)
 
 
 def add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,9 +60,9 @@ def add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from worker import launcher
+    from worker import stack
 
-    return launcher.stack(
+    return stack.stack(
         instances=args.instances,
         host=args.host,
         port=args.port,
@@ -77,13 +77,59 @@ def add_stack(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="N instances, the worker and nginx in front of them, without Docker",
         description=(
             "Start N instances on free ports, the worker, and nginx (deploy/nginx config) "
-            "in front of them on --port. Ctrl-C stops everything."
+            "in front of them on --port. Without nginx it says so and the instances listen "
+            "on --port, --port+1, ... Ctrl-C stops everything."
         ),
     )
     parser.add_argument("--instances", type=_positive, default=3, help="instances to run (3)")
     parser.add_argument("--nginx", help="the nginx binary (default: PATH, then /usr/sbin/nginx)")
     _common(parser, 8080)
     parser.set_defaults(handler=_stack)
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from worker import loadtest
+
+    extra = list(args.locust_args)
+    test = loadtest.LoadTest(
+        instances=args.instances,
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        duration=args.time,
+        out=Path(args.out),
+        nginx=args.nginx,
+        locust_args=extra[1:] if extra[:1] == ["--"] else extra,
+    )
+    return loadtest.run(test, dict(os.environ))
+
+
+def add_loadtest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "loadtest",
+        help="N instances with load-test settings, a headless locust run, then the loss check",
+        description=(
+            "Start a private stack (a fresh embedded Redis unless REDIS_URL is set, N "
+            "instances, the worker, nginx in front when installed) with the join limit "
+            "raised, run locust (loadtest/locustfile.py) against it, then loadtest/check.py. "
+            "Exit 0 only if both pass. Arguments after -- go to locust. Needs the loadtest "
+            "extra and a source checkout."
+        ),
+    )
+    parser.add_argument("--instances", type=_positive, default=2, help="instances to run (2)")
+    parser.add_argument("--users", type=_positive, default=200, help="locust users (200)")
+    parser.add_argument(
+        "--spawn-rate", type=float, default=20, help="users started per second (20)"
+    )
+    parser.add_argument("--time", default="2m", help="locust run time: 30s, 2m, 1h (2m)")
+    parser.add_argument(
+        "--out", default=".clickky/loadtest", help="results folder (./.clickky/loadtest)"
+    )
+    parser.add_argument("--nginx", help="the nginx binary (default: PATH, else none)")
+    parser.add_argument("locust_args", nargs=argparse.REMAINDER, help="-- then locust options")
+    parser.set_defaults(handler=_loadtest)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -95,7 +141,7 @@ def _export(args: argparse.Namespace) -> int:
     from service.store import Store
     from worker.export import ExportError, export_day, parse_day
 
-    settings = Settings.from_environ()
+    settings = Settings.load("clickky")
     configure_logging(settings.log_level, "text", process="export")
     try:
         files = export_day(
@@ -142,6 +188,7 @@ def add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     add_run,
     add_stack,
+    add_loadtest,
     add_export,
     add_worker,
 ]

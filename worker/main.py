@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "--check", action="store_true", help="exit 0 if a worker on this host is alive, else 1"
     )
     args = parser.parse_args(argv)
-    settings = Settings.from_environ()
+    settings = Settings.load("clickky")
     configure_logging(settings.log_level, settings.log_format, process="worker")
     if args.check:
         sys.exit(asyncio.run(check(settings)))

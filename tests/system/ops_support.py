@@ -14,7 +14,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT, Proc, Stack, free_port, wait_until
-from worker import launcher
+from worker import stack as local_stack
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
@@ -29,8 +29,8 @@ def start_nginx(stack: Stack, ports: Iterable[int], name: str = "nginx") -> tupl
     """The real nginx on a free port in front of `ports`, rendered as `clickky stack` does."""
     port = free_port()
     run_dir = stack.tmp / name
-    config = launcher.write_nginx_config(run_dir, listen=f"127.0.0.1:{port}", ports=list(ports))
-    proc = stack.spawn(name, launcher.nginx_argv(launcher.nginx_binary(), run_dir, config))
+    config = local_stack.write_nginx_config(run_dir, listen=f"127.0.0.1:{port}", ports=list(ports))
+    proc = stack.spawn(name, local_stack.nginx_argv(local_stack.nginx_binary(), run_dir, config))
     wait_until(lambda: port_open(port) or _dead(proc), timeout=15)
     assert proc.alive, f"nginx exited:\n{proc.log()}"
     return proc, f"http://127.0.0.1:{port}"

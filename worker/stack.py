@@ -1,9 +1,11 @@
-"""Local process supervision for `clickky run` and `clickky stack` (no Docker needed).
+"""The local stack behind `clickky run` and `clickky stack`: Redis, instances, worker, nginx.
 
-Every child runs in its own session, so a Ctrl-C in the terminal reaches only the launcher,
-which then stops the children in order: nginx first, then the instances and the worker,
-then Redis, which they still need while they shut down. A child that does not stop in time
-is killed with its whole process group, so nothing is left behind.
+No Docker needed. Every child runs in its own session, so a Ctrl-C in the terminal reaches
+only this launcher, which then stops the children in order: nginx first, then the instances
+(so no click is acknowledged after the next step), then the worker (its final snapshot sees
+every acknowledged click), then Redis, which they all still need while they shut down. A
+child that does not stop in time is killed with its whole process group, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ DEFAULT_DATABASE_URL = "sqlite:///./clickky.db"
 # Where `clickky run` keeps the embedded Redis (git-ignored).
 STATE_DIR = Path(".clickky")
 
-# Stop order: the highest tier first.
-TIER_STORE, TIER_APP, TIER_EDGE = 0, 1, 2
+# Stop order: the highest tier first. Instances stop before the worker, so the worker's
+# final snapshot comes after the last click an instance could acknowledge.
+TIER_STORE, TIER_WORKER, TIER_APP, TIER_EDGE, TIER_CLIENT = 0, 1, 2, 3, 4
 
 
 class LaunchError(RuntimeError):
@@ -81,6 +84,8 @@ class Child:
     stop_signal: int
     popen: subprocess.Popen[bytes]
     partial: bytes = b""
+    # A task (locust, the loss check) is meant to end; a service is not.
+    task: bool = False
 
     @property
     def alive(self) -> bool:
@@ -143,6 +148,7 @@ class Supervisor:
         tier: int,
         stop_signal: int = signal.SIGTERM,
         cwd: Path | None = None,
+        task: bool = False,
     ) -> Child:
         try:
             popen = subprocess.Popen(
@@ -159,7 +165,7 @@ class Supervisor:
             raise LaunchError(f"could not start {name} ({argv[0]}): {exc}") from exc
         assert popen.stdout is not None
         os.set_blocking(popen.stdout.fileno(), False)
-        child = Child(name, list(argv), tier, stop_signal, popen)
+        child = Child(name, list(argv), tier, stop_signal, popen, task=task)
         self._selector.register(popen.stdout, selectors.EVENT_READ, child)
         self.children.append(child)
         return child
@@ -196,7 +202,25 @@ class Supervisor:
         self.out.flush()
 
     def exited(self) -> Child | None:
-        return next((c for c in self.children if not c.alive), None)
+        """A service child that has exited (tasks are expected to)."""
+        return next((c for c in self.children if not c.task and not c.alive), None)
+
+    def wait_task(self, child: Child) -> int:
+        """Copy a task's output until it exits; its exit status. Fails if a service dies."""
+        while child.alive or child.popen.stdout in self._reading():
+            if self.stop_requested:
+                raise Stopped
+            dead = self.exited()
+            if dead is not None:
+                raise LaunchError(
+                    f"{dead.name} exited with code {dead.popen.returncode} while {child.name} "
+                    "ran; see its output above"
+                )
+            self.pump(0.2)
+        return int(child.popen.returncode)
+
+    def _reading(self) -> list[object]:
+        return [key.fileobj for key in self._selector.get_map().values()]
 
     def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         """Pump output until `predicate()` holds; fail if a child dies or time runs out."""
@@ -433,17 +457,21 @@ def nginx_argv(binary: str, run_dir: Path, config: Path, *, test: bool = False) 
 # -- the commands ------------------------------------------------------------------
 @dataclass
 class Plan:
-    """What `run` and `stack` share: environment, Redis, worker."""
+    """What `run`, `stack` and `loadtest` share: environment, Redis, worker."""
 
     env: dict[str, str]
     redis_url: str | None
     embedded_redis: bool
     admin_token_generated: bool
+    # Where the embedded Redis keeps its files; None: ./.clickky/redis behind a lock.
+    redis_dir: Path | None = None
 
 
-def plan_environment(environ: Mapping[str, str]) -> Plan:
-    env = dict(environ)
+def plan_environment(environ: Mapping[str, str], defaults: Mapping[str, str] | None = None) -> Plan:
+    """The children's environment: `environ`, then `defaults`, then the run defaults."""
+    env = {**(defaults or {}), **environ}
     env.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+    # Text for a person at a terminal; a bare process (`python -m worker`, uvicorn) logs JSON.
     env.setdefault("LOG_FORMAT", "text")
     # Children write into our pipes: unbuffered, so their lines show up as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -470,12 +498,65 @@ def _instance_argv(host: str, port: int) -> list[str]:
     ]
 
 
+def start_worker(sup: Supervisor, plan: Plan) -> None:
+    sup.start("worker", [sys.executable, "-m", "worker"], env=plan.env, tier=TIER_WORKER)
+
+
+def start_instances(sup: Supervisor, plan: Plan, host: str, ports: Sequence[int]) -> list[str]:
+    """One instance per port, each waited for until /readyz answers; their base URLs."""
+    for i, port in enumerate(ports, start=1):
+        name = "instance" if len(ports) == 1 else f"instance-{i}"
+        sup.start(name, _instance_argv(host, port), env=plan.env, tier=TIER_APP)
+    urls = [f"http://{_url_host(host)}:{port}" for port in ports]
+    for url in urls:
+        sup.wait_for(f"{url}/readyz", functools.partial(http_ok, f"{url}/readyz"), timeout=60)
+    return urls
+
+
+def start_nginx(
+    sup: Supervisor,
+    plan: Plan,
+    resources: contextlib.ExitStack,
+    *,
+    binary: str,
+    host: str,
+    port: int,
+    ports: Sequence[int],
+) -> str:
+    """nginx on host:port in front of the instances on `ports`; its base URL once it serves."""
+    run_dir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="clickky-nginx-")))
+    listen = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    config = write_nginx_config(run_dir, listen=listen, ports=ports)
+    check = subprocess.run(
+        nginx_argv(binary, run_dir, config, test=True), capture_output=True, text=True
+    )
+    if check.returncode != 0:
+        raise LaunchError(f"nginx rejected its config:\n{check.stderr.strip()}")
+    sup.start("nginx", nginx_argv(binary, run_dir, config), env=plan.env, tier=TIER_EDGE)
+    base = f"http://{_url_host(host)}:{port}"
+    sup.wait_for(f"nginx on {base}", lambda: http_ok(f"{base}/readyz"), timeout=30)
+    return base
+
+
+def find_nginx(sup: Supervisor, given: str | None) -> str | None:
+    """The nginx binary; None (said so) when there is none and none was asked for."""
+    if given:
+        return given
+    try:
+        return nginx_binary()
+    except LaunchError as exc:
+        sup.say(f"clickky: {exc}; going on without it (clients talk to the instances directly)")
+        return None
+
+
 def _start_store(sup: Supervisor, plan: Plan, resources: contextlib.ExitStack) -> None:
     """Start the embedded Redis when REDIS_URL is unset, and point everything at it."""
     if not plan.embedded_redis:
         return
-    data_dir = STATE_DIR / "redis"
-    resources.enter_context(directory_lock(STATE_DIR / "lock"))
+    data_dir = plan.redis_dir
+    if data_dir is None:
+        resources.enter_context(directory_lock(STATE_DIR / "lock"))
+        data_dir = STATE_DIR / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     sup.start(
@@ -486,10 +567,9 @@ def _start_store(sup: Supervisor, plan: Plan, resources: contextlib.ExitStack) -
     plan.env["REDIS_URL"] = plan.redis_url
 
 
-def _summary(plan: Plan, lines: list[tuple[str, str]]) -> str:
-    redis = f"{plan.redis_url}" + (
-        f" (embedded, data in {STATE_DIR}/redis)" if plan.embedded_redis else ""
-    )
+def _summary(plan: Plan, lines: list[tuple[str, str]], footer: str) -> str:
+    where = plan.redis_dir or STATE_DIR / "redis"
+    redis = f"{plan.redis_url}" + (f" (embedded, data in {where})" if plan.embedded_redis else "")
     rows = [*lines, ("Redis", redis), ("SQL store", plan.env["DATABASE_URL"])]
     if plan.admin_token_generated:
         token = plan.env["ADMIN_TOKEN"] + (
@@ -499,16 +579,33 @@ def _summary(plan: Plan, lines: list[tuple[str, str]]) -> str:
         token = "from ADMIN_TOKEN (not shown)"
     rows.append(("admin token", token))
     body = "\n".join(f"  {name:<12} {value}" for name, value in rows)
-    return f"\nClickky is running:\n{body}\nPress Ctrl-C to stop.\n"
+    return f"\nClickky is running:\n{body}\n{footer}\n"
 
 
-def _launch(body: Callable[[Supervisor, Plan, contextlib.ExitStack], list[tuple[str, str]]]) -> int:
+Body = Callable[[Supervisor, Plan, contextlib.ExitStack], list[tuple[str, str]]]
+
+
+def launch(
+    body: Body,
+    plan: Plan,
+    *,
+    then: Callable[[Supervisor], int] | None = None,
+    footer: str = "Press Ctrl-C to stop.",
+) -> int:
+    """Check the settings, start the store, run `body`, then `then` (default: supervise)."""
+    problem = settings_problem(plan.env)
+    if problem:
+        print(f"clickky: {problem}", file=sys.stderr)
+        return 2
     sup = Supervisor()
-    plan = plan_environment(os.environ)
     with sup.handling_signals(), contextlib.ExitStack() as resources:
         try:
             _start_store(sup, plan, resources)
             lines = body(sup, plan, resources)
+            sup.say(_summary(plan, lines, footer))
+            if then is None:
+                return sup.supervise()
+            status = then(sup)
         except Stopped:
             sup.say("clickky: stopping")
             sup.stop_all()
@@ -520,8 +617,19 @@ def _launch(body: Callable[[Supervisor, Plan, contextlib.ExitStack], list[tuple[
         except BaseException:
             sup.stop_all()
             raise
-        sup.say(_summary(plan, lines))
-        return sup.supervise()
+        sup.stop_all()
+        return status
+
+
+def settings_problem(env: Mapping[str, str]) -> str | None:
+    """The one-line refusal of the first bad setting the children would read, if any."""
+    from service.settings import Settings, SettingsError
+
+    try:
+        Settings.from_environ(env)
+    except SettingsError as exc:
+        return str(exc)
+    return None
 
 
 def run(*, host: str = "127.0.0.1", port: int = 8000, worker: bool = True) -> int:
@@ -529,13 +637,11 @@ def run(*, host: str = "127.0.0.1", port: int = 8000, worker: bool = True) -> in
 
     def body(sup: Supervisor, plan: Plan, resources: contextlib.ExitStack) -> list[tuple[str, str]]:
         if worker:
-            sup.start("worker", [sys.executable, "-m", "worker"], env=plan.env, tier=TIER_APP)
-        sup.start("instance", _instance_argv(host, port), env=plan.env, tier=TIER_APP)
-        base = f"http://{_url_host(host)}:{port}"
-        sup.wait_for(f"{base}/readyz", lambda: http_ok(f"{base}/readyz"), timeout=60)
+            start_worker(sup, plan)
+        (base,) = start_instances(sup, plan, host, [port])
         return _pages(base)
 
-    return _launch(body)
+    return launch(body, plan_environment(os.environ))
 
 
 def stack(
@@ -546,40 +652,25 @@ def stack(
     worker: bool = True,
     nginx: str | None = None,
 ) -> int:
-    """`clickky stack`: N instances on free ports, the worker, and nginx in front on `port`."""
+    """`clickky stack`: N instances, the worker, and nginx in front on `port`.
+
+    Without nginx (none found and none given) the instances listen on port, port+1, ...
+    """
 
     def body(sup: Supervisor, plan: Plan, resources: contextlib.ExitStack) -> list[tuple[str, str]]:
-        binary = nginx or nginx_binary()
+        binary = find_nginx(sup, nginx)
         if worker:
-            sup.start("worker", [sys.executable, "-m", "worker"], env=plan.env, tier=TIER_APP)
+            start_worker(sup, plan)
+        if binary is None:
+            urls = start_instances(sup, plan, host, [port + i for i in range(instances)])
+            return [*_pages(urls[0]), ("instances", ", ".join(urls))]
         ports = [free_port() for _ in range(instances)]
-        for i, instance_port in enumerate(ports, start=1):
-            sup.start(
-                f"instance-{i}",
-                _instance_argv("127.0.0.1", instance_port),
-                env=plan.env,
-                tier=TIER_APP,
-            )
-        for instance_port in ports:
-            url = f"http://127.0.0.1:{instance_port}/readyz"
-            sup.wait_for(url, functools.partial(http_ok, url), timeout=60)
-        run_dir = Path(
-            resources.enter_context(tempfile.TemporaryDirectory(prefix="clickky-nginx-"))
-        )
-        listen = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        config = write_nginx_config(run_dir, listen=listen, ports=ports)
-        check = subprocess.run(
-            nginx_argv(binary, run_dir, config, test=True), capture_output=True, text=True
-        )
-        if check.returncode != 0:
-            raise LaunchError(f"nginx rejected its config:\n{check.stderr.strip()}")
-        sup.start("nginx", nginx_argv(binary, run_dir, config), env=plan.env, tier=TIER_EDGE)
-        base = f"http://{_url_host(host)}:{port}"
-        sup.wait_for(f"nginx on {base}", lambda: http_ok(f"{base}/readyz"), timeout=30)
+        start_instances(sup, plan, "127.0.0.1", ports)
+        base = start_nginx(sup, plan, resources, binary=binary, host=host, port=port, ports=ports)
         backends = ", ".join(f"127.0.0.1:{p}" for p in ports)
         return [*_pages(base), ("instances", backends)]
 
-    return _launch(body)
+    return launch(body, plan_environment(os.environ))
 
 
 def _url_host(host: str) -> str:
