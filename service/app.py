@@ -15,7 +15,7 @@ import socketio
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from service import api, events, metrics, pages
+from service import api, events, metrics, openapi, pages
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     settings = settings or Settings.load("clickky")
     runtime = Runtime(settings)
     http = Starlette(
-        routes=[*api.routes(), *pages.routes()],
+        routes=[*api.routes(), *pages.routes(), *openapi.routes()],
         exception_handlers=api.exception_handlers(),
         lifespan=lifespan,
     )
