@@ -515,7 +515,7 @@ function breakdownPanel([dimension, title], entries) {
     const item = el("li", "bar-row");
     const name = el("span", "bar-label", place ? place.name : readable(entry.value));
     name.title = name.textContent;
-    if (place) {
+    if (place?.code) {
       const badge = el("span", "cc", place.code);
       badge.setAttribute("aria-hidden", "true");
       name.prepend(badge);

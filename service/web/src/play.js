@@ -18,6 +18,8 @@ const ui = {
   global: $("global"),
   online: $("online"),
   cps: $("cps"),
+  cpsWord: $("cps-word"),
+  pulse: $("pulse"),
   join: $("join"),
   joinName: $("join-name"),
   joinButton: $("join-button"),
@@ -102,6 +104,7 @@ function onState(body) {
 }
 
 function onConnected() {
+  loadCountries(); // after a restart, at once rather than at the next poll
   if (!player) return;
   if (clicker.uncertain) reconcile();
   else refreshMe(true);
@@ -299,8 +302,13 @@ function render() {
   if (room) {
     setText(ui.online, num(room.online));
     setText(ui.cps, dec(room.cps));
+    setText(ui.cpsWord, dec(room.cps) === dec(1) ? "click/s" : "clicks/s");
     setText(ui.usersLine, `${plural(room.users, "player")} so far`);
   }
+  // While the link is down, online and clicks/s are the last known values: say so.
+  const stale = !live.connected;
+  ui.pulse.classList.toggle("stale", stale);
+  ui.pulse.setAttribute("aria-label", stale ? "Last known, reconnecting" : "Right now");
   renderBoard(shown);
   renderStatus();
   saveQueue();
@@ -416,13 +424,16 @@ function readJson(storage, key) {
 }
 
 // -- countries (shown once the server offers them) --------------------------------
+let countriesTimer = null;
 async function loadCountries() {
+  clearTimeout(countriesTimer);
   try {
     const body = await api("/api/countries?limit=10");
     const rows = (body?.entries ?? []).map((entry, i) => {
       const { code, name } = country(entry.country);
       const row = el("li", "row");
-      const badge = el("span", "cc", code);
+      // An unknown country gets an empty slot, not a badge, so the names stay aligned.
+      const badge = el("span", code ? "cc" : "cc-none", code);
       badge.setAttribute("aria-hidden", "true");
       row.append(el("span", "rank", i + 1), badge, el("span", "name", name));
       row.lastChild.title = name;
@@ -431,11 +442,12 @@ async function loadCountries() {
     });
     ui.countryList.replaceChildren(...rows);
     ui.countries.hidden = rows.length === 0;
-    setTimeout(loadCountries, 15000);
+    countriesTimer = setTimeout(loadCountries, 15000);
   } catch (error) {
-    ui.countries.hidden = true;
-    // 404: this server has no country board (yet); anything else: try again later.
-    if (!(error instanceof ApiError && error.status === 404)) setTimeout(loadCountries, 30000);
+    // 404: this server has no country board. Anything else (a restart, say): keep the
+    // last board on screen and try again soon; a reconnect also reloads it at once.
+    if (error instanceof ApiError && error.status === 404) ui.countries.hidden = true;
+    else countriesTimer = setTimeout(loadCountries, 5000);
   }
 }
 

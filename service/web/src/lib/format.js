@@ -27,9 +27,9 @@ try {
 }
 
 /**
- * A country code ("DE") as {code, name} with a readable name. The pages show the code
- * as a small badge, not a flag emoji: Windows and many Linux systems draw those as letters
- * or boxes.
+ * A country code ("DE") as {code, name} with a readable name; code is null when the
+ * country is unknown (no badge then). The pages show the code as a small badge, not a
+ * flag emoji: Windows and many Linux systems draw those as letters or boxes.
  */
 export function country(value) {
   const text = String(value ?? "").trim();
@@ -44,7 +44,7 @@ export function country(value) {
     return { code, name };
   }
   const known = text && !["zz", "xx", "unknown"].includes(text.toLowerCase());
-  return { code: "··", name: known ? text : "Unknown" };
+  return { code: null, name: known ? text : "Unknown" };
 }
 
 /** Create an element with a class and text; the pages build their DOM with this, never innerHTML. */
