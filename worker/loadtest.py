@@ -135,4 +135,6 @@ def run(test: LoadTest, environ: dict[str, str]) -> int:
         )
         return 0 if locust_status == check_status == 0 else 1
 
-    return launch(body, plan, then=then, footer="Running locust; Ctrl-C stops everything.")
+    # Interrupted, the run proves nothing: 130, as a shell reports a Ctrl-C.
+    footer = "Running locust; Ctrl-C stops everything."
+    return launch(body, plan, then=then, footer=footer, stopped=130)

@@ -591,8 +591,12 @@ def launch(
     *,
     then: Callable[[Supervisor], int] | None = None,
     footer: str = "Press Ctrl-C to stop.",
+    stopped: int = 0,
 ) -> int:
-    """Check the settings, start the store, run `body`, then `then` (default: supervise)."""
+    """Check the settings, start the store, run `body`, then `then` (default: supervise).
+
+    The exit status is `stopped` after a Ctrl-C that came before `then` finished.
+    """
     problem = settings_problem(plan.env)
     if problem:
         print(f"clickky: {problem}", file=sys.stderr)
@@ -609,7 +613,7 @@ def launch(
         except Stopped:
             sup.say("clickky: stopping")
             sup.stop_all()
-            return 0
+            return stopped
         except LaunchError as exc:
             sup.say(f"clickky: {exc}")
             sup.stop_all()
