@@ -204,7 +204,7 @@ async def test_nonce_is_live_semantics(counter, redis, keys) -> None:
 
     await counter.delete(ann.canon)
     assert not await counter.nonce_is_live(ann), "a deleted user's token is dead"
-    assert (await redis.hget(keys.tombstones, "ann")).decode() == ann.nonce
+    assert (await redis.hget(keys.tombstones, ann.nonce)).decode() == "ann"
 
     # Redis lost its data (no epoch): a validly signed token is trusted provisionally...
     await redis.delete(keys.epoch)

@@ -21,7 +21,8 @@ redis.call('SREM', KEYS[8], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[10], ARGV[1])
 -- Remember which token died, so a restore after a Redis loss cannot bring it back.
+-- Keyed by the nonce: a name deleted twice between snapshots keeps both tokens dead.
 if nonce then
-  redis.call('HSET', KEYS[9], ARGV[1], nonce)
+  redis.call('HSET', KEYS[9], nonce, ARGV[1])
 end
 return {'ok', display, global, nonce}
