@@ -85,6 +85,8 @@ class State:
     restored: bool
     server_ms: int
     top: list[tuple[str, int]] = field(default_factory=list)
+    # Redis's clock made monotonic (state.lua): what tick ids are taken from.
+    clock_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,8 @@ class Counter:
         )
 
     # -- reads -------------------------------------------------------------
-    async def state(self, top_n: int = TOP_N) -> State:
+    async def state(self, top_n: int = TOP_N, floor_ms: int = 0) -> State:
+        """The whole counter at one instant; its clock_ms is never below floor_ms."""
         k = self.keys
         reply = await self._state(
             keys=[
@@ -303,8 +306,9 @@ class Counter:
                 k.presence_expiry,
                 k.presence_count,
                 k.epoch,
+                k.clock,
             ],
-            args=[top_n],
+            args=[top_n, floor_ms],
         )
         return State(
             global_count=int(reply[0]),
@@ -314,6 +318,7 @@ class Counter:
             restored=bool(reply[4]),
             server_ms=int(reply[5]),
             top=_pairs(reply[6]),
+            clock_ms=int(reply[7]),
         )
 
     async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:
