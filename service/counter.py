@@ -263,7 +263,8 @@ class Counter:
         )
         return self._admin_result(reply, count)
 
-    async def delete(self, canon: str) -> AdminResult:
+    async def delete(self, canon: str, nonce: str | None = None) -> AdminResult:
+        """Delete the user (only the one holding `nonce`, if given); 404 when missing."""
         k = self.keys
         reply = await self._delete(
             keys=[
@@ -278,7 +279,7 @@ class Counter:
                 k.tombstones,
                 k.milestone_personal,
             ],
-            args=[canon],
+            args=[canon] if nonce is None else [canon, nonce],
         )
         return self._admin_result(reply, 0)
 

@@ -449,6 +449,21 @@ class Store:
                     found.add((canon, nonce))
         return found
 
+    def tombstones_of(self, canons: Sequence[str]) -> set[tuple[str, str]]:
+        """Every dead (canonical name, nonce) of these names, in queries of BATCH_ROWS names."""
+        found: set[tuple[str, str]] = set()
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            for start in range(0, len(canons), BATCH_ROWS):
+                chunk = canons[start : start + BATCH_ROWS]
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(
+                    self._sql(f"SELECT canon, nonce FROM tombstones WHERE canon IN ({marks})"),
+                    tuple(chunk),
+                )
+                found.update((str(c), str(n)) for c, n in cursor.fetchall())
+        return found
+
     def user_sum(self) -> tuple[int, int]:
         """(number of users, sum of their counts): checks the invariant in SQL."""
         with self.connect() as conn:

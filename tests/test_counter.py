@@ -449,3 +449,14 @@ async def test_no_milestone_while_a_restore_is_pending(counter, redis, keys) -> 
     await redis.set(keys.epoch, "restored")
     # The first click after the restore announces what was reached meanwhile, once.
     assert await _milestones(counter, ann, 1, 3) == [(1000, 1000)]
+
+
+async def test_a_delete_for_one_token_spares_the_next_holder_of_the_name(counter) -> None:
+    first = await make_player(counter, "Ann")
+    await counter.delete("ann")
+    second = await make_player(counter, "Ann")
+    with pytest.raises(ApiError) as missing:
+        await counter.delete("ann", first.nonce)
+    assert missing.value.status == 404
+    assert await counter.nonce_is_live(second)
+    assert (await counter.delete("ann", second.nonce)).nonce == second.nonce

@@ -155,6 +155,8 @@ def test_a_version_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_tombstones_identify_dead_tokens(store: Store) -> None:
     store.write_snapshot(_cut([], tombstones=[("gone", "old")]), fence=1)
     assert store.dead_tokens([("gone", "old"), ("gone", "new"), ("x", "y")]) == {("gone", "old")}
+    store.write_snapshot(_cut([], tombstones=[("gone", "newer"), ("z", "1")]), fence=1)
+    assert store.tombstones_of(["gone", "x"]) == {("gone", "old"), ("gone", "newer")}
 
 
 def test_a_failed_transaction_writes_nothing(store: Store) -> None:

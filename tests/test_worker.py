@@ -64,28 +64,30 @@ async def test_a_failover_to_a_lagging_replica_is_detected_and_reconciled(
 ) -> None:
     worker = workers()
     ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
+    dan = await make_player(counter, "Dan")
     await counter.click(ann, 10, 1000)
     await counter.click(bob, 10, 1000)
+    await counter.click(dan, 2, 1000)
     await worker.guard()
     await worker.snapshot()
-    replica = await replica_of(redis, keys)  # the replica stops here (global 20)
+    replica = await replica_of(redis, keys)  # the replica stops here (global 22)
 
     await counter.click(ann, 7, 1000)  # only the primary sees these...
     cat = await make_player(counter, "Cat")
     await counter.click(cat, 3, 1000)
-    await worker.snapshot()  # ...and SQL: users 17 + 10 + 3
+    await counter.delete("dan")
+    await worker.snapshot()  # ...and SQL: users 17 + 10 + 3, Dan's token dead
     assert await asyncio.to_thread(worker.store.user_sum) == (3, 30)
 
     await fail_over_to(redis, keys, replica)
     await counter.click(bob, 1, 1000)  # only Bob is dirty on the replica
     await worker.snapshot()
-    # Writing only Bob would leave SQL at sum(users) 31 against a global of 21.
+    # Writing only Bob would leave SQL at sum(users) 31 against a global of 23.
     await sql_matches_redis(worker, counter)
     assert await asyncio.to_thread(worker.store.user_sum) == (2, 21)
-    assert [(e.username, e.count) for e in await counter.users(["ann", "bob", "cat"])] == [
-        ("Ann", 10),
-        ("Bob", 11),
-    ]
+    found = await counter.users(["ann", "bob", "cat", "dan"])
+    assert [(e.username, e.count) for e in found] == [("Ann", 10), ("Bob", 11)]
+    assert not await counter.nonce_is_live(dan), "SQL knew Dan was deleted: deleted again"
     await counter.click(ann, 1, 1000)
     await worker.snapshot()  # and snapshots of only what changed resume
     await sql_matches_redis(worker, counter)

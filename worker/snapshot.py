@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.breakdown import DIMENSIONS
-from service.counter import as_text, load_script, utc_day
+from service.counter import Counter, as_text, load_script, utc_day
+from service.errors import ApiError
 from service.keys import Keys
 from service.store import Cut, Store, UserRow
 
@@ -48,6 +50,7 @@ class Snapshotter:
         self._take_cut = load_script(redis, "take_cut")
         self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
+        self._counter = Counter(redis, keys)
         self._raise_generation = redis.register_script(
             "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
             "redis.call('SET', KEYS[1], ARGV[1]) end"
@@ -215,9 +218,10 @@ class Snapshotter:
         SQL then holds changes this Redis never saw, so writing only what changed would
         break global == sum(users) there. Every name Redis has and every user SQL has is
         marked changed (SQL users Redis lacks are then deleted), the whole stats history
-        is re-read, and the generation moves past SQL's. Redis is the truth from here on:
-        what the replica missed is lost, as it already is for the players. Returns the
-        number of names marked.
+        is re-read, and the generation moves past SQL's. Users whose deletion SQL had
+        recorded (their token's tombstone) are deleted again. Otherwise Redis is the
+        truth from here on: what the replica missed is lost, as it already is for the
+        players. Returns the number of names marked.
         """
         k = self.keys
         marked = 0
@@ -230,9 +234,14 @@ class Snapshotter:
                 marked += len(batch)
                 batch = []
 
-        async for canon, _ in self.redis.hscan_iter(k.names, count=CHUNK_USERS):
+        live: dict[str, str] = {}
+        async for canon, nonce in self.redis.hscan_iter(k.nonces, count=CHUNK_USERS):
+            live[as_text(canon)] = as_text(nonce)
             batch.append(as_text(canon))
+            if len(live) >= CHUNK_USERS:
+                await self._delete_dead(live)
             await mark()
+        await self._delete_dead(live)
         cursor = ""
         while rows := await asyncio.to_thread(self.store.users_after, cursor, CHUNK_USERS):
             batch += [row.canon for row in rows]
@@ -244,6 +253,16 @@ class Snapshotter:
         self._written_minutes.clear()
         self._written_breakdowns.clear()
         return marked
+
+    async def _delete_dead(self, live: dict[str, str]) -> None:
+        """Delete the users among `live` (name -> nonce) whose token SQL knows is dead."""
+        tombstones = await asyncio.to_thread(self.store.tombstones_of, sorted(live))
+        for canon, nonce in sorted(tombstones):
+            if live.get(canon) == nonce:
+                with contextlib.suppress(ApiError):  # gone or re-joined meanwhile
+                    await self._counter.delete(canon, nonce)
+                log.warning("deleted again: its deletion was in SQL", extra={"user": canon})
+        live.clear()
 
     async def prune(self) -> int:
         """Drop minute buckets and breakdown days older than Redis keeps (SQL keeps all)."""

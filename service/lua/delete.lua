@@ -2,12 +2,12 @@
 -- nonce is dropped (so the token dies) and the name becomes free, in one step.
 --
 -- KEYS: names board global dirty epoch nonces lex provisional tombstones milestone_personal
--- ARGV: canon
+-- ARGV: canon [nonce: delete only the user holding this token, else answer 'missing']
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {'restoring'}
 end
 local display = redis.call('HGET', KEYS[1], ARGV[1])
-if not display then
+if not display or (ARGV[2] and redis.call('HGET', KEYS[6], ARGV[1]) ~= ARGV[2]) then
   return {'missing'}
 end
 local old = tonumber(redis.call('ZSCORE', KEYS[2], display) or '0')
