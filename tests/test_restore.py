@@ -212,11 +212,11 @@ class ClickingWhileChecked(Store):
 
     during: list[Any]
 
-    def dead_tokens(self, pairs: Any) -> set[tuple[str, str]]:
+    def tombstones_of(self, canons: Any) -> set[tuple[str, str]]:
         while self.during:
             loop, make = self.during.pop()
             asyncio.run_coroutine_threadsafe(make(), loop).result(timeout=10)
-        return super().dead_tokens(pairs)
+        return super().tombstones_of(canons)
 
 
 async def test_a_dead_token_clicking_during_the_last_step_stays_dead(

@@ -15,7 +15,7 @@ from service.counter import Counter, as_text
 from service.keys import Keys
 from service.settings import Settings
 from tests.support import RedisServer, make_player
-from worker.main import Worker
+from worker.main import Worker, run
 
 
 @pytest.fixture
@@ -123,12 +123,20 @@ async def test_fences_do_not_repeat_when_the_redis_counter_goes_back(
 
 
 async def test_no_restore_under_an_allkeys_eviction_policy(
-    workers: Callable[..., Worker], tmp_path: Path, prefix: str
+    workers: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = RedisServer(tmp_path / "redis").start()
     client = connect_redis(server.url)
     try:
         await client.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(SystemExit) as refused:
+            await run(make_settings(redis_url=server.url))
+        assert refused.value.code == 2
+        assert "refusing to start: Redis's maxmemory-policy is allkeys-lru" in caplog.text
         worker = workers(redis_url=server.url)
         counter = Counter(client, Keys(prefix))
         await counter.mark_fresh()

@@ -123,14 +123,15 @@ class Restorer:
             provisional = sorted(as_text(c) for c in await self.redis.smembers(k.provisional))
             nonces = await self.redis.hmget(k.nonces, provisional) if provisional else []
             pairs = [(c, as_text(n)) for c, n in zip(provisional, nonces, strict=True)]
-            dead = await asyncio.to_thread(self.store.dead_tokens, [p for p in pairs if p[1]])
+            # One query per 1,000 names: every active player may be provisional by now.
+            dead = await asyncio.to_thread(self.store.tombstones_of, provisional)
             flat: list[str | int] = [epoch, totals.generation, totals.milestone_global]
             for canon, nonce in pairs:
                 flat += [canon, nonce, int((canon, nonce) in dead)]
             outcome = await self._finish(
                 keys=[*self._user_keys, k.dirty, k.generation, k.milestone_global], args=flat
             )
-            evicted += len(dead)
+            evicted += sum(pair in dead for pair in pairs)
             if outcome != 2:
                 return evicted
 
