@@ -21,10 +21,14 @@ async def test_renewal_keeps_it_and_release_hands_it_over(redis: Any, keys: Keys
     assert await a.keep()
     fence = a.fence
     assert await a.keep() and a.fence == fence, "renewal must keep the same fence"
+    assert a.term == 1, "a renewal is the same term: the worker's SQL fence stays"
     assert not await b.keep()
     await a.release()
     assert await b.keep()
     assert b.fence is not None and fence is not None and b.fence > fence
+    assert await a.keep() is False and a.term == 1
+    await b.release()
+    assert await a.keep() and a.term == 2, "a new acquisition is a new term"
 
 
 async def test_an_expired_holder_loses_to_a_newer_fence(redis: Any, keys: Keys) -> None:
