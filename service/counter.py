@@ -85,6 +85,8 @@ class State:
     restored: bool
     server_ms: int
     top: list[tuple[str, int]] = field(default_factory=list)
+    # Redis's clock made monotonic (state.lua): what tick ids are taken from.
+    clock_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ class Counter:
         )
         return self._admin_result(reply, count)
 
-    async def delete(self, canon: str) -> AdminResult:
+    async def delete(self, canon: str, nonce: str | None = None) -> AdminResult:
+        """Delete the user (only the one holding `nonce`, if given); 404 when missing."""
         k = self.keys
         reply = await self._delete(
             keys=[
@@ -276,7 +279,7 @@ class Counter:
                 k.tombstones,
                 k.milestone_personal,
             ],
-            args=[canon],
+            args=[canon] if nonce is None else [canon, nonce],
         )
         return self._admin_result(reply, 0)
 
@@ -293,7 +296,8 @@ class Counter:
         )
 
     # -- reads -------------------------------------------------------------
-    async def state(self, top_n: int = TOP_N) -> State:
+    async def state(self, top_n: int = TOP_N, floor_ms: int = 0) -> State:
+        """The whole counter at one instant; its clock_ms is never below floor_ms."""
         k = self.keys
         reply = await self._state(
             keys=[
@@ -303,8 +307,9 @@ class Counter:
                 k.presence_expiry,
                 k.presence_count,
                 k.epoch,
+                k.clock,
             ],
-            args=[top_n],
+            args=[top_n, floor_ms],
         )
         return State(
             global_count=int(reply[0]),
@@ -314,6 +319,7 @@ class Counter:
             restored=bool(reply[4]),
             server_ms=int(reply[5]),
             top=_pairs(reply[6]),
+            clock_ms=int(reply[7]),
         )
 
     async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:

@@ -67,7 +67,8 @@ class Keys:
 
     @property
     def tombstones(self) -> str:
-        # Hash: canonical name -> nonce of a deleted user's token, until snapshotted.
+        # Hash: nonce of a deleted user's token -> canonical name, until snapshotted.
+        # Keyed by nonce (unique per join): a name deleted twice keeps both dead tokens.
         return self.prefix + "tombstones"
 
     @property
@@ -78,6 +79,25 @@ class Keys:
     def epoch(self) -> str:
         # Present while Redis holds the whole truth; absent after a data loss until restored.
         return self.prefix + "epoch"
+
+    @property
+    def generation(self) -> str:
+        # Incremented by every snapshot cut; SQL keeps the last committed one. A cut
+        # whose number is not above SQL's means Redis went back in time (a failover
+        # to a lagging replica), and the worker reconciles.
+        return self.prefix + "generation"
+
+    @property
+    def inflight_owner(self) -> str:
+        # The generation of the cut that last moved changes into the in-flight sets;
+        # only that cut's commit may empty them.
+        return self.prefix + "dirty:inflight:owner"
+
+    @property
+    def clock(self) -> str:
+        # Hash: "last" ms handed out and "offset" ms added to Redis's TIME, so tick
+        # ids never go back when Redis's clock does (NTP step, failover).
+        return self.prefix + "clock"
 
     @property
     def provisional(self) -> str:
@@ -142,7 +162,8 @@ class Keys:
 
     @property
     def fence(self) -> str:
-        # Incremented on every lease acquisition; the SQL store refuses older fences.
+        # Incremented on every lease acquisition, to tell holders apart. The fence the
+        # SQL store checks is claimed from SQL (Store.claim_fence), never from here.
         return self.prefix + "worker:fence"
 
     @property

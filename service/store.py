@@ -17,15 +17,26 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BATCH_ROWS = 1000
 
 
 class StaleFence(Exception):
-    """A newer snapshot leader has written; this (paused, old) leader must not."""
+    """A newer snapshot leader has claimed a fence; this (paused, old) leader must not write."""
 
     def __init__(self, fence: int, stored: int) -> None:
         super().__init__(f"fence {fence} is older than the stored {stored}")
+        self.stored = stored
+
+
+class RedisWentBack(Exception):
+    """The cut's generation is not above the last committed one: Redis lost recent writes
+    (a failover to a lagging replica), so a snapshot of only its changes would break the
+    invariant in SQL. The caller reconciles (a full snapshot) instead."""
+
+    def __init__(self, generation: int, stored: int) -> None:
+        super().__init__(f"cut generation {generation} is not above the stored {stored}")
+        self.generation = generation
         self.stored = stored
 
 
@@ -35,6 +46,8 @@ class UserRow:
     username: str
     nonce: str
     count: int
+    # The highest personal milestone announced to this user (0: none).
+    milestone: int = 0
 
 
 @dataclass
@@ -52,6 +65,10 @@ class Cut:
     breakdowns: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # (canonical name, nonce) of tokens that died with their user
     tombstones: list[tuple[str, str]] = field(default_factory=list)
+    # The cut's number (take_cut.lua); 0 for a cut that has none (no check).
+    generation: int = 0
+    # The highest global milestone announced.
+    milestone_global: int = 0
 
     @property
     def rows(self) -> int:
@@ -70,10 +87,12 @@ class Totals:
     clicks_total: int
     snapshot_ms: int
     fence: int
+    milestone_global: int = 0
+    generation: int = 0
 
 
 # Each step creates what a version adds; all are idempotent so that two
-# workers starting at once can both run them.
+# workers starting at once can both run them (columns: see _COLUMNS).
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE IF NOT EXISTS users (
@@ -109,6 +128,17 @@ _MIGRATIONS: dict[int, list[str]] = {
             clicks BIGINT NOT NULL,
             PRIMARY KEY (day, dimension, value)
         ){table}""",
+    ],
+    3: [],
+}
+
+# Columns a version adds to an existing table: (table, column, definition). Added
+# only when missing, since neither SQLite nor MySQL 8 has ADD COLUMN IF NOT EXISTS.
+_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
+    3: [
+        ("users", "milestone", "BIGINT NOT NULL DEFAULT 0"),
+        ("totals", "milestone", "BIGINT NOT NULL DEFAULT 0"),
+        ("totals", "generation", "BIGINT NOT NULL DEFAULT 0"),
     ],
 }
 
@@ -222,6 +252,8 @@ class Store:
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version]:
                     cursor.execute(statement.format(bin=bin_collation, table=table))
+                for name, column, definition in _COLUMNS.get(version, []):
+                    self._add_column(cursor, name, column, definition)
             if current < SCHEMA_VERSION:
                 cursor.execute(
                     self._upsert("meta", ("k", "v"), ("k",)),
@@ -229,6 +261,25 @@ class Store:
                 )
         self._migrated = True
         return SCHEMA_VERSION
+
+    def _add_column(self, cursor: Any, table: str, column: str, definition: str) -> None:
+        """ALTER TABLE ... ADD COLUMN unless the column exists (a concurrent migration)."""
+        if self.is_mysql:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.columns"
+                " WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s",
+                (table, column),
+            )
+            present = int(cursor.fetchone()[0]) > 0
+        else:
+            cursor.execute(f"PRAGMA table_info({table})")
+            present = any(row[1] == column for row in cursor.fetchall())
+        if not present:
+            try:
+                cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except (pymysql.MySQLError, sqlite3.OperationalError) as exc:
+                if "uplicate column" not in str(exc):  # another worker added it just now
+                    raise
 
     def schema_version(self) -> int:
         with self.connect() as conn:
@@ -257,21 +308,46 @@ class Store:
         with self.connect() as conn:
             cursor = conn.cursor()
             cursor.execute(
-                "SELECT global_count, clicks_total, snapshot_ms, fence FROM totals WHERE id = 1"
+                "SELECT global_count, clicks_total, snapshot_ms, fence, milestone, generation"
+                " FROM totals WHERE id = 1"
             )
             row = cursor.fetchone()
         return Totals(*(int(v) for v in row)) if row else None
+
+    def claim_fence(self, writer: str) -> int:
+        """A fence number no writer has had before, made the newest: every write under an
+        older one is refused from now on. Kept in SQL, so a Redis that lost data or went
+        back in time (a lagging replica) can never hand the same fence to two leaders."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            ignore = "INSERT IGNORE" if self.is_mysql else "INSERT OR IGNORE"
+            cursor.execute(self._sql(f"{ignore} INTO meta (k, v) VALUES (%s, %s)"), ("fence", "0"))
+            fence = self._stored_fence(cursor) + 1
+            cursor.execute(self._sql("UPDATE meta SET v = %s WHERE k = %s"), (str(fence), "fence"))
+            cursor.execute(self._upsert("meta", ("k", "v"), ("k",)), ("fence_writer", writer[:255]))
+            return fence
+
+    def _stored_fence(self, cursor: Any) -> int:
+        """The newest fence claimed (or written, by a version before claims), locked."""
+        lock = " FOR UPDATE" if self.is_mysql else ""
+        cursor.execute(self._sql(f"SELECT v FROM meta WHERE k = %s{lock}"), ("fence",))
+        claimed = cursor.fetchone()
+        cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
+        written = cursor.fetchone()
+        return max(int(claimed[0]) if claimed else 0, int(written[0]) if written else 0)
 
     def write_snapshot(self, cut: Cut, fence: int) -> int:
         """Write one cut in one transaction, unless a newer fence already wrote. Returns rows."""
         now_ms = int(time.time() * 1000)
         with self.connect() as conn:
             cursor = conn.cursor()
-            lock = " FOR UPDATE" if self.is_mysql else ""
-            cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
+            stored = self._stored_fence(cursor)
+            if stored > fence:
+                raise StaleFence(fence, stored)
+            cursor.execute("SELECT generation FROM totals WHERE id = 1")
             row = cursor.fetchone()
-            if row is not None and int(row[0]) > fence:
-                raise StaleFence(fence, int(row[0]))
+            if cut.generation and row is not None and cut.generation <= int(row[0]):
+                raise RedisWentBack(cut.generation, int(row[0]))
             if cut.deleted:
                 self._execute_many(
                     conn,
@@ -282,9 +358,14 @@ class Store:
                 self._execute_many(
                     conn,
                     self._upsert(
-                        "users", ("canon", "username", "count", "nonce", "updated_at"), ("canon",)
+                        "users",
+                        ("canon", "username", "count", "nonce", "updated_at", "milestone"),
+                        ("canon",),
                     ),
-                    [(u.canon, u.username, u.count, u.nonce, now_ms) for u in cut.users],
+                    [
+                        (u.canon, u.username, u.count, u.nonce, now_ms, u.milestone)
+                        for u in cut.users
+                    ],
                 )
             if cut.minutes:
                 self._execute_many(
@@ -314,33 +395,28 @@ class Store:
             if global_count is None:
                 cursor.execute("SELECT COALESCE(SUM(count), 0) FROM users")
                 global_count = int(cursor.fetchone()[0])
+            columns = (
+                "id",
+                "global_count",
+                "clicks_total",
+                "snapshot_ms",
+                "fence",
+                "milestone",
+                "generation",
+            )
             cursor.execute(
-                self._upsert(
-                    "totals",
-                    ("id", "global_count", "clicks_total", "snapshot_ms", "fence"),
-                    ("id",),
+                self._upsert("totals", columns, ("id",)),
+                (
+                    1,
+                    global_count,
+                    cut.clicks_total,
+                    cut.server_ms,
+                    fence,
+                    cut.milestone_global,
+                    cut.generation,
                 ),
-                (1, global_count, cut.clicks_total, cut.server_ms, fence),
             )
         return cut.rows
-
-    def raise_fence(self, fence: int) -> int:
-        """Record `fence` as the newest writer's, so older leaders' commits are refused.
-
-        Returns the stored fence afterwards; above `fence`, a newer leader exists (or
-        Redis lost its fence counter and this one was handed out again).
-        """
-        with self.connect() as conn:
-            cursor = conn.cursor()
-            lock = " FOR UPDATE" if self.is_mysql else ""
-            cursor.execute(f"SELECT fence FROM totals WHERE id = 1{lock}")
-            row = cursor.fetchone()
-            if row is None:
-                return 0
-            stored = int(row[0])
-            if stored < fence:
-                cursor.execute(self._sql("UPDATE totals SET fence = %s WHERE id = 1"), (fence,))
-            return max(stored, fence)
 
     # -- reads for restore, export and tests --------------------------------
     def users_after(self, canon: str, limit: int) -> list[UserRow]:
@@ -349,12 +425,15 @@ class Store:
             cursor = conn.cursor()
             cursor.execute(
                 self._sql(
-                    "SELECT canon, username, nonce, count FROM users WHERE canon > %s"
+                    "SELECT canon, username, nonce, count, milestone FROM users WHERE canon > %s"
                     " ORDER BY canon LIMIT %s"
                 ),
                 (canon, limit),
             )
-            return [UserRow(str(c), str(u), str(n), int(k)) for c, u, n, k in cursor.fetchall()]
+            return [
+                UserRow(str(c), str(u), str(n), int(k), int(m))
+                for c, u, n, k, m in cursor.fetchall()
+            ]
 
     def dead_tokens(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (canonical name, nonce) pairs belong to deleted users."""
@@ -368,6 +447,21 @@ class Store:
                 )
                 if cursor.fetchone():
                     found.add((canon, nonce))
+        return found
+
+    def tombstones_of(self, canons: Sequence[str]) -> set[tuple[str, str]]:
+        """Every dead (canonical name, nonce) of these names, in queries of BATCH_ROWS names."""
+        found: set[tuple[str, str]] = set()
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            for start in range(0, len(canons), BATCH_ROWS):
+                chunk = canons[start : start + BATCH_ROWS]
+                marks = ", ".join(["%s"] * len(chunk))
+                cursor.execute(
+                    self._sql(f"SELECT canon, nonce FROM tombstones WHERE canon IN ({marks})"),
+                    tuple(chunk),
+                )
+                found.update((str(c), str(n)) for c, n in cursor.fetchall())
         return found
 
     def user_sum(self) -> tuple[int, int]:

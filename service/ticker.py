@@ -3,7 +3,8 @@
 Every instance reads the whole state from Redis once per tick and sends it to
 its own clients only. A client is connected to one instance, so it can never
 receive a tick twice, however many instances run; tick ids come from Redis's
-clock, so they agree across instances too.
+clock made monotonic (state.lua: it never goes back, even when Redis's TIME
+does), so they agree across instances and never repeat.
 """
 
 from __future__ import annotations
@@ -68,16 +69,21 @@ class Ticker:
         self.rate = ClickRate()
         self.last_body: dict[str, Any] | None = None
         self.last_tick = -1
+        # The highest clock seen: Redis never hands out less, even if it lost the clock.
+        self.clock_floor_ms = 0
         self.restored = True
         # (last tick when it started, the read) shared by clients connecting together
         self._welcome_read: tuple[int, asyncio.Future[State]] | None = None
 
-    def tick_of(self, server_ms: int) -> int:
-        return server_ms // self.interval_ms
+    def tick_of(self, clock_ms: int) -> int:
+        """The tick id of a clock reading. Rounded to the nearest boundary, not floored:
+        reads happen just after a local boundary, and once Redis's clock has stepped back
+        the monotonic clock sits on that boundary give or take the read's jitter."""
+        return (clock_ms + self.interval_ms // 2) // self.interval_ms
 
     def describe(self, state: State) -> dict[str, Any]:
         """The state as GET /api/state shows it: the current cps and tick id."""
-        return state_body(state, self.rate.current(), self.tick_of(state.server_ms))
+        return state_body(state, self.rate.current(), self.tick_of(state.clock_ms))
 
     async def welcome(self) -> dict[str, Any]:
         """A fresh state for a client that broadcasts skip until it has had this one.
@@ -91,7 +97,8 @@ class Ticker:
         """
         before = self.last_tick
         if self._welcome_read is None or self._welcome_read[0] != before:
-            self._welcome_read = (before, asyncio.ensure_future(self.counter.state()))
+            reading = self.counter.state(floor_ms=self.clock_floor_ms)
+            self._welcome_read = (before, asyncio.ensure_future(reading))
         read = self._welcome_read[1]
         try:
             state = await asyncio.shield(read)
@@ -100,7 +107,7 @@ class Ticker:
                 self._welcome_read = None
         if self.last_tick != before and self.last_body is not None:
             return self.last_body
-        label = before if before >= 0 else self.tick_of(state.server_ms) - 1
+        label = before if before >= 0 else self.tick_of(state.clock_ms) - 1
         return state_body(state, self.rate.current(), label)
 
     async def step(self) -> None:
@@ -112,10 +119,11 @@ class Ticker:
         await asyncio.sleep(max(0.0, boundary - time.time()))
         if (early := boundary - time.time()) > 0:
             await asyncio.sleep(early + 0.0005)
-        state = await self.counter.state()
+        state = await self.counter.state(floor_ms=self.clock_floor_ms)
+        self.clock_floor_ms = max(self.clock_floor_ms, state.clock_ms)
         self.restored = state.restored
         cps = self.rate.add(state.server_ms, state.clicks_total)
-        tick = self.tick_of(state.server_ms)
+        tick = self.tick_of(state.clock_ms)
         if tick <= self.last_tick:
             return  # a slow read spilled into the next tick; never send one twice
         body = state_body(state, cps, tick)

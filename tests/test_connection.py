@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.connection import connect_redis
-from service.counter import Counter
+from service.counter import Counter, load_script
 from service.keys import Keys
 from service.tokens import Player
 from tests.support import free_port
@@ -20,8 +21,9 @@ class ReplyDropper:
     """A TCP proxy to Redis that cuts the connection once, just after Redis has run a
     command that touches `marker` and before its reply reaches the client."""
 
-    def __init__(self, marker: bytes) -> None:
+    def __init__(self, marker: bytes, upstream: tuple[str, int]) -> None:
         self.marker = marker
+        self.upstream = upstream
         self.port = free_port()
         self.dropped = False
         self._server: asyncio.Server | None = None
@@ -35,7 +37,7 @@ class ReplyDropper:
             await self._server.wait_closed()
 
     async def _handle(self, client_r: Any, client_w: Any) -> None:
-        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", 6379)
+        redis_r, redis_w = await asyncio.open_connection(*self.upstream)
         armed = False
 
         async def upstream() -> None:
@@ -62,19 +64,31 @@ class ReplyDropper:
 
 @pytest.fixture
 async def dropper(keys: Keys, redis_url: str) -> AsyncIterator[ReplyDropper]:
-    proxy = ReplyDropper(marker=(keys.prefix + "rate:").encode())
+    # In front of the test Redis (CLICKKY_TEST_REDIS_URL), whichever host and port it is on.
+    parts = urlsplit(redis_url)
+    upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxy = ReplyDropper(marker=(keys.prefix + "rate:").encode(), upstream=upstream)
     await proxy.start()
     yield proxy
     await proxy.close()
 
 
 async def test_a_click_whose_reply_is_lost_is_not_sent_again(
-    dropper: ReplyDropper, redis: Any, keys: Keys
+    dropper: ReplyDropper, redis: Any, keys: Keys, redis_url: str
 ) -> None:
     await redis.set(keys.epoch, "test")
+    # Cached first, so the command the proxy cuts is the one that runs the script (on a
+    # Redis that never saw it, the first EVALSHA would only answer NOSCRIPT).
+    await redis.script_load(load_script(redis, "click").script)
     await redis.hset(keys.nonces, "ann", "n1")
     await redis.hset(keys.names, "ann", "Ann")
-    client = connect_redis(f"redis://127.0.0.1:{dropper.port}/0")
+    # Same database and credentials as the test Redis, through the proxy.
+    parts = urlsplit(redis_url)
+    auth = parts.netloc.rpartition("@")[0]
+    through = parts._replace(
+        scheme="redis", netloc=f"{auth + '@' if auth else ''}127.0.0.1:{dropper.port}"
+    )
+    client = connect_redis(through.geturl())
     try:
         with pytest.raises(RedisConnectionError):
             await Counter(client, keys).click(Player("Ann", "ann", "n1"), 1, 20)

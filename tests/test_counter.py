@@ -204,7 +204,7 @@ async def test_nonce_is_live_semantics(counter, redis, keys) -> None:
 
     await counter.delete(ann.canon)
     assert not await counter.nonce_is_live(ann), "a deleted user's token is dead"
-    assert (await redis.hget(keys.tombstones, "ann")).decode() == ann.nonce
+    assert (await redis.hget(keys.tombstones, ann.nonce)).decode() == "ann"
 
     # Redis lost its data (no epoch): a validly signed token is trusted provisionally...
     await redis.delete(keys.epoch)
@@ -403,3 +403,60 @@ async def test_state_reads_everything_at_once(counter) -> None:
     assert state.restored
     assert abs(state.server_ms / 1000 - time.time()) < 5
     assert (await counter.state(top_n=3)).top == [("u14", 14), ("u13", 13), ("u12", 12)]
+
+
+async def _milestones(
+    counter: Counter, player: Player, n: int, times: int
+) -> list[tuple[int, int]]:
+    """(global, personal) milestones announced over `times` clicks of n, in order."""
+    out = []
+    for _ in range(times):
+        result = await counter.click(player, n, NO_LIMIT)
+        if result.global_milestone or result.personal_milestone:
+            out.append((result.global_milestone, result.personal_milestone))
+    return out
+
+
+async def test_each_milestone_is_announced_once_as_it_is_crossed(counter) -> None:
+    ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
+    assert await _milestones(counter, ann, 9, 11) == []  # 99
+    assert await _milestones(counter, ann, 1, 2) == [(0, 100)]  # exactly at 100, then 101
+    assert await _milestones(counter, bob, 50, 17) == [(0, 100)]  # global 101 + 850
+    assert await _milestones(counter, bob, 50, 1) == [(1000, 0)]  # global 1001 crosses 1,000
+    assert await _milestones(counter, bob, 50, 1) == []
+
+
+async def test_a_count_that_drops_and_climbs_again_is_quiet(counter) -> None:
+    ann = await make_player(counter, "Ann")
+    await counter.set_count("ann", 999)
+    assert await _milestones(counter, ann, 1, 1) == [(1000, 1000)]
+    await counter.set_count("ann", 10)  # an admin edit: global and personal drop
+    assert await _milestones(counter, ann, 50, 21) == [], "100 and 1,000 were announced before"
+
+
+async def test_concurrent_clicks_announce_a_milestone_once(counter) -> None:
+    players = [await make_player(counter, f"C{i}") for i in range(10)]
+    results = await asyncio.gather(*(counter.click(p, 50, NO_LIMIT) for p in players * 3))
+    assert [r.global_milestone for r in results if r.global_milestone] == [1000]
+    assert sum(r.global_count >= 1000 for r in results) >= 1
+
+
+async def test_no_milestone_while_a_restore_is_pending(counter, redis, keys) -> None:
+    ann = await make_player(counter, "Ann")
+    await counter.set_count("ann", 995)
+    await redis.delete(keys.epoch)  # Redis lost data; the count is partial until restored
+    assert await _milestones(counter, ann, 5, 3) == []
+    await redis.set(keys.epoch, "restored")
+    # The first click after the restore announces what was reached meanwhile, once.
+    assert await _milestones(counter, ann, 1, 3) == [(1000, 1000)]
+
+
+async def test_a_delete_for_one_token_spares_the_next_holder_of_the_name(counter) -> None:
+    first = await make_player(counter, "Ann")
+    await counter.delete("ann")
+    second = await make_player(counter, "Ann")
+    with pytest.raises(ApiError) as missing:
+        await counter.delete("ann", first.nonce)
+    assert missing.value.status == 404
+    assert await counter.nonce_is_live(second)
+    assert (await counter.delete("ann", second.nonce)).nonce == second.nonce

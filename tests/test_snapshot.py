@@ -166,8 +166,43 @@ async def test_thousands_of_deletes_between_snapshots(
     counter: Counter, redis: Any, keys: Keys, store: Store
 ) -> None:
     # More tombstones than Lua's unpack() can spread in one call.
-    await redis.hset(keys.tombstones, mapping={f"gone{i}": f"n{i}" for i in range(5000)})
+    await redis.hset(keys.tombstones, mapping={f"n{i}": f"gone{i}" for i in range(5000)})
     report = await Snapshotter(redis, keys, store).snapshot(fence=1)
     assert report is not None and report.rows >= 5000
     assert store.dead_tokens([("gone4999", "n4999")]) == {("gone4999", "n4999")}
     assert not await redis.exists(keys.tombstones, keys.tombstones_inflight)
+
+
+class PausedAfterCommit(Store):
+    """A store whose writer, once committed, is paused while `during` runs on the loop."""
+
+    during: list[Any]
+
+    def write_snapshot(self, cut: Any, fence: int) -> int:
+        rows = super().write_snapshot(cut, fence)
+        while self.during:
+            loop, make = self.during.pop()
+            asyncio.run_coroutine_threadsafe(make(), loop).result(timeout=10)
+        return rows
+
+
+async def test_a_paused_old_leader_keeps_its_hands_off_the_successors_changes(
+    counter: Counter, redis: Any, keys: Keys, store: Store, tmp_path: Path
+) -> None:
+    old_store = PausedAfterCommit(store.url)
+    ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
+    await counter.click(ann, 1, 1000)
+    broken = Store(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+
+    async def successor_cuts_and_fails() -> None:
+        await counter.click(bob, 3, 1000)
+        with pytest.raises(Exception, match="unable to open"):
+            await Snapshotter(redis, keys, broken).snapshot(fence=2)
+
+    old_store.during = [(asyncio.get_running_loop(), successor_cuts_and_fails)]
+    assert await Snapshotter(redis, keys, old_store).snapshot(fence=1) is not None
+    assert old_store.during == []
+    assert await redis.sismember(keys.dirty_inflight, "bob"), "the successor's cut is kept"
+    await Snapshotter(redis, keys, store).snapshot(fence=2)
+    assert store.user_sum() == (2, 4)
+    assert not await redis.exists(keys.dirty_inflight, keys.inflight_owner)

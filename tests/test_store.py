@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
 
 import pymysql
 import pytest
 
-from service.store import SCHEMA_VERSION, Cut, StaleFence, Store, UserRow
+from service.store import SCHEMA_VERSION, Cut, RedisWentBack, StaleFence, Store, UserRow
 
 
 @pytest.fixture
@@ -90,9 +91,72 @@ def test_an_older_fence_cannot_write(store: Store) -> None:
     assert store.user_sum() == (1, 2)
 
 
+def test_claimed_fences_never_repeat_and_refuse_older_writers(store: Store) -> None:
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 1)]), fence=3)  # before claims existed
+    first = store.claim_fence("w1")
+    second = Store(store.url).claim_fence("w2")
+    assert (first, second) == (4, 5), "each claim is above every fence claimed or written"
+    # The first claimer was paused past its lease: its write, even with an equal count of
+    # leaders in Redis, is refused, and the newer one's goes through.
+    with pytest.raises(StaleFence):
+        store.write_snapshot(_cut([UserRow("a", "A", "n", 999)]), fence=first)
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 2)]), fence=second)
+    assert store.user_sum() == (1, 2)
+    assert store.claim_fence("w3") == 6
+
+
+def test_a_cut_from_a_redis_that_went_back_is_refused(store: Store) -> None:
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 7)], generation=5), fence=1)
+    for stale in (5, 4):
+        with pytest.raises(RedisWentBack) as refused:
+            store.write_snapshot(_cut([UserRow("a", "A", "n", 3)], generation=stale), fence=1)
+        assert refused.value.stored == 5
+    assert store.user_sum() == (1, 7), "nothing of the refused cut was written"
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 8)], generation=6), fence=1)
+    assert store.totals().generation == 6  # type: ignore[union-attr]
+
+
+def test_milestone_memory_round_trips(store: Store) -> None:
+    cut = _cut([UserRow("ann", "Ann", "n1", 150, milestone=100)], milestone_global=1000)
+    store.write_snapshot(cut, fence=1)
+    assert store.users_after("", 10) == [UserRow("ann", "Ann", "n1", 150, 100)]
+    assert store.totals().milestone_global == 1000  # type: ignore[union-attr]
+
+
+def test_a_version_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (k VARCHAR(64) NOT NULL PRIMARY KEY, v VARCHAR(255) NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    conn.execute(
+        "CREATE TABLE users (canon VARCHAR(191) NOT NULL PRIMARY KEY, username VARCHAR(64)"
+        " NOT NULL, count BIGINT NOT NULL, nonce VARCHAR(32) NOT NULL, updated_at BIGINT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE totals (id INTEGER NOT NULL PRIMARY KEY, global_count BIGINT NOT NULL,"
+        " clicks_total BIGINT NOT NULL, snapshot_ms BIGINT NOT NULL, fence BIGINT NOT NULL)"
+    )
+    conn.execute("INSERT INTO users VALUES ('ann', 'Ann', 4, 'n1', 0)")
+    conn.execute("INSERT INTO totals VALUES (1, 4, 4, 1000, 9)")
+    conn.commit()
+    conn.close()
+    store = Store(f"sqlite:///{path}")
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.users_after("", 10) == [UserRow("ann", "Ann", "n1", 4, 0)]
+    totals = store.totals()
+    assert totals is not None and (totals.global_count, totals.fence, totals.generation) == (
+        4,
+        9,
+        0,
+    )
+    assert store.claim_fence("w") == 10
+
+
 def test_tombstones_identify_dead_tokens(store: Store) -> None:
     store.write_snapshot(_cut([], tombstones=[("gone", "old")]), fence=1)
     assert store.dead_tokens([("gone", "old"), ("gone", "new"), ("x", "y")]) == {("gone", "old")}
+    store.write_snapshot(_cut([], tombstones=[("gone", "newer"), ("z", "1")]), fence=1)
+    assert store.tombstones_of(["gone", "x"]) == {("gone", "old"), ("gone", "newer")}
 
 
 def test_a_failed_transaction_writes_nothing(store: Store) -> None:

@@ -111,10 +111,44 @@ async def test_ticker_sends_changes_with_increasing_ticks(counter: Counter) -> N
     assert len(sent.bodies) == 6
     ticks = sent.ticks
     assert ticks == sorted(set(ticks)), "a tick id was sent twice or out of order"
-    # Tick ids are Redis time divided by the interval, so every instance agrees on them.
-    server_ms = (await counter.state()).server_ms
-    assert ticker.tick_of(server_ms) >= ticks[-1]
-    assert ticker.tick_of(server_ms) - ticks[-1] < 1000 / 20 * 5
+    # Tick ids are Redis's (monotonic) clock divided by the interval: instances agree.
+    clock_ms = (await counter.state()).clock_ms
+    assert ticker.tick_of(clock_ms) >= ticks[-1]
+    assert ticker.tick_of(clock_ms) - ticks[-1] < 1000 / 20 * 5
+
+
+async def _ticks_keep_coming(counter: Counter, ticker: Ticker, player: Player, sent: Any) -> None:
+    """Five more changes are broadcast at once, each with a higher tick id."""
+    before = len(sent.bodies)
+    for _ in range(5):
+        await counter.click(player, 1, 1000)
+        await ticker.step()
+    assert len(sent.bodies) - before >= 4, "ticks stopped"
+    assert sent.ticks == sorted(set(sent.ticks)), "a tick id was sent twice or out of order"
+
+
+async def test_ticks_go_on_when_redis_clock_steps_back(counter: Counter, redis: Any, keys) -> None:
+    ann = await _player(counter, "Ann")
+    sent = Recorder()
+    ticker = Ticker(counter, 20, sent)
+    await _ticks_keep_coming(counter, ticker, ann, sent)
+    # Redis's TIME steps back 30 s (NTP, or a failover to a host behind): the same as
+    # its clock offset dropping by 30 s. Ids read from TIME alone would stall for 30 s.
+    offset = int(await redis.hget(keys.clock, "offset") or 0)
+    await redis.hset(keys.clock, "offset", offset - 30_000)
+    await _ticks_keep_coming(counter, ticker, ann, sent)
+
+
+async def test_ticks_go_on_when_redis_loses_the_clock(counter: Counter, redis: Any, keys) -> None:
+    ann = await _player(counter, "Ann")
+    sent = Recorder()
+    ticker = Ticker(counter, 20, sent)
+    await redis.hset(keys.clock, "offset", 60_000)  # after an earlier step back of a minute
+    await _ticks_keep_coming(counter, ticker, ann, sent)
+    await redis.delete(keys.clock)  # Redis lost its data: TIME alone is a minute behind
+    await _ticks_keep_coming(counter, ticker, ann, sent)
+    # The instance's floor put the offset back for everyone, not just for itself.
+    assert int(await redis.hget(keys.clock, "offset")) >= 59_000
 
 
 async def test_ticker_never_resends_a_tick_it_already_sent(counter: Counter) -> None:

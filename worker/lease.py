@@ -1,4 +1,6 @@
-"""The snapshot leader's lease in Redis, with a fence number for the SQL store."""
+"""The snapshot leader's lease in Redis. Who may write SQL is decided by the fence
+the leader then claims from the SQL store (Store.claim_fence), not by this lease:
+Redis's counter can go back with a data loss or a lagging replica, SQL's cannot."""
 
 from __future__ import annotations
 
@@ -22,14 +24,12 @@ class Lease:
         self.worker_id = worker_id
         self.ttl_ms = int(ttl_s * 1000)
         self.fence: int | None = None
+        # Incremented on every acquisition: the worker claims a SQL fence per term.
+        self.term = 0
         self._valid_until = 0.0
         self._acquire = load_script(redis, "lease_acquire")
         self._renew = load_script(redis, "lease_renew")
         self._release = load_script(redis, "lease_release")
-        self._advance = redis.register_script(
-            "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
-            "redis.call('SET', KEYS[1], ARGV[1]) end"
-        )
 
     @property
     def held(self) -> bool:
@@ -56,6 +56,7 @@ class Lease:
             )
             if fence:
                 self.fence = fence
+                self.term += 1
                 log.info("took the snapshot lease", extra={"fence": fence})
         if self.fence is not None:
             # Count validity from before the call, minus a margin for clock drift.
@@ -65,19 +66,6 @@ class Lease:
     def lost(self) -> None:
         """Forget the lease (the store told us a newer leader has written)."""
         self.fence = None
-
-    async def advance_past(self, fence: int) -> None:
-        """Make the next acquisition's fence exceed `fence`, and give up ours if older.
-
-        The counter lives in Redis; after a data loss it starts again from 1 while the
-        SQL store remembers the last writer's fence, which would refuse every snapshot.
-        """
-        await self._advance(keys=[self.keys.fence], args=[fence])
-        if self.fence is not None and self.fence <= fence:
-            log.warning(
-                "our fence %s is not newer than %s; taking the lease again", self.fence, fence
-            )
-            await self.release()
 
     async def release(self) -> None:
         if self.fence is not None:

@@ -24,7 +24,8 @@ from service.connection import connect_redis
 from service.keys import Keys
 from service.logs import configure_logging
 from service.settings import Settings
-from service.store import StaleFence, Store
+from service.store import RedisWentBack, StaleFence, Store
+from worker.eviction import eviction_policy, refusal, unsafe
 from worker.export import ExportError, export_day, yesterday
 from worker.lease import Lease
 from worker.restore import Restorer
@@ -65,6 +66,8 @@ class Worker:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
         self.failures = 0
+        # (lease term, fence claimed from SQL for it): one claim per acquisition.
+        self._claimed: tuple[int, int] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._restore_task: asyncio.Task[int | None] | None = None
         self._closed = False
@@ -109,22 +112,41 @@ class Worker:
         except OUTSIDE_ERRORS as exc:
             log.warning("lease/health check failed: %s", exc)
 
+    async def _fence(self) -> int | None:
+        """The SQL fence of our current lease term, claimed from SQL once per term."""
+        term = self.lease.term
+        if self.lease.fence is None:
+            return None
+        if self._claimed is None or self._claimed[0] != term:
+            fence = await asyncio.to_thread(self.store.claim_fence, self.worker_id)
+            self._claimed = (term, fence)
+            log.info("claimed the snapshot fence", extra={"fence": fence})
+        return self._claimed[1]
+
+    async def _stand_down(self, exc: StaleFence) -> None:
+        log.warning("a newer fence was claimed in the snapshot store (%s); standing down", exc)
+        self._claimed = None
+        with contextlib.suppress(RedisError):
+            await self.lease.release()
+        self.lease.lost()
+
     async def _restore(self) -> int | None:
         """Restore under the snapshot lock, as the newest writer of the SQL store.
 
         The lock keeps a snapshot read before the loss from committing in the middle;
-        raising the stored fence first refuses any older leader's late commit too.
+        claiming a fence first refuses any older leader's late commit too. Under an
+        allkeys-* eviction policy a missing epoch may be an eviction: no restore then.
         """
         try:
             async with self._snapshot_lock:
                 await self._migrate()
-                fence = self.lease.fence
-                if fence is None or not await self.restorer.needed():
+                if self.lease.fence is None or not await self.restorer.needed():
                     return None
-                stored = await asyncio.to_thread(self.store.raise_fence, fence)
-                if stored > fence:
-                    await self.lease.advance_past(stored)
+                policy = await eviction_policy(self.redis)
+                if unsafe(policy):
+                    log.error("not restoring: %s", refusal(policy or ""))
                     return None
+                await self._fence()
                 return await self.restorer.run(lambda: self.lease.held)
         except OUTSIDE_ERRORS as exc:
             log.warning("restore attempt failed (%s); retrying on the next check", exc)
@@ -138,12 +160,23 @@ class Worker:
         async with self._snapshot_lock:
             try:
                 await self._migrate()
-                report = await self.snapshotter.snapshot(fence)
+                claimed = await self._fence()
+                if claimed is None:
+                    return
+                fence = claimed
+                try:
+                    report = await self.snapshotter.snapshot(fence)
+                except RedisWentBack as exc:
+                    log.error(
+                        "Redis went back in time (%s): a failover to a lagging replica? "
+                        "Reconciling: the SQL store now takes what Redis holds, in full",
+                        exc,
+                    )
+                    marked = await self.snapshotter.reconcile(exc.stored)
+                    report = await self.snapshotter.snapshot(fence)
+                    log.warning("reconciled", extra={"users": marked})
             except StaleFence as exc:
-                log.warning("a newer fence wrote the snapshot store (%s); standing down", exc)
-                with contextlib.suppress(RedisError):
-                    await self.lease.advance_past(exc.stored)
-                self.lease.lost()
+                await self._stand_down(exc)
                 return
             except OUTSIDE_ERRORS as exc:
                 await self._failed(exc)
@@ -254,6 +287,14 @@ class Worker:
 
 async def run(settings: Settings) -> None:
     worker = Worker(settings)
+    try:
+        policy = await eviction_policy(worker.redis)
+    except RedisError:
+        policy = None  # Redis is down: the guard reports it, and checks again before a restore
+    if unsafe(policy):
+        log.error("refusing to start: %s", refusal(policy or ""))
+        await worker.redis.aclose()
+        sys.exit(2)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.counter import as_text, load_script, utc_day
 from service.keys import Keys
-from service.store import Store
+from service.store import Store, Totals
 from worker.snapshot import HISTORY_S
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ class Restorer:
                 break
             flat: list[str | int] = [cursor, batch[-1].canon]
             for user in batch:
-                flat += [user.canon, user.username, user.nonce, user.count]
-            applied = await self._users(keys=self._user_keys, args=flat)
+                flat += [user.canon, user.username, user.nonce, user.count, user.milestone]
+            applied = await self._users(keys=[*self._user_keys, k.milestone_personal], args=flat)
             if applied == -1:
                 log.info("another restorer finished the restore")
                 return restored
@@ -99,26 +99,41 @@ class Restorer:
                 restored += len(batch)
                 log.info("restore progress", extra={"users": restored})
 
-        provisional = [as_text(c) for c in await self.redis.smembers(k.provisional)]
-        pairs: list[tuple[str, str]] = []
-        for canon in provisional:
-            nonce = as_text(await self.redis.hget(k.nonces, canon))
-            if nonce:
-                pairs.append((canon, nonce))
-        dead = await asyncio.to_thread(self.store.dead_tokens, pairs)
-        flat_dead: list[str] = [secrets.token_hex(8)]
-        for canon, nonce in sorted(dead):
-            flat_dead += [canon, nonce]
-        await self._finish(keys=[*self._user_keys, k.dirty], args=flat_dead)
+        evicted = await self._finish_restore(totals)
         log.warning(
             "restore finished",
             extra={
                 "users": restored,
-                "evicted": len(dead),
+                "evicted": evicted,
                 "duration_s": round(time.monotonic() - started, 3),
             },
         )
         return restored
+
+    async def _finish_restore(self, totals: Totals) -> int:
+        """Evict dead tokens that clicked since the loss, then set the epoch. Returns evicted.
+
+        Tokens may keep arriving while SQL is asked about the ones read: the script
+        finishes only when every provisional name has been checked, else we go again.
+        """
+        k = self.keys
+        epoch = secrets.token_hex(8)
+        evicted = 0
+        while True:
+            provisional = sorted(as_text(c) for c in await self.redis.smembers(k.provisional))
+            nonces = await self.redis.hmget(k.nonces, provisional) if provisional else []
+            pairs = [(c, as_text(n)) for c, n in zip(provisional, nonces, strict=True)]
+            # One query per 1,000 names: every active player may be provisional by now.
+            dead = await asyncio.to_thread(self.store.tombstones_of, provisional)
+            flat: list[str | int] = [epoch, totals.generation, totals.milestone_global]
+            for canon, nonce in pairs:
+                flat += [canon, nonce, int((canon, nonce) in dead)]
+            outcome = await self._finish(
+                keys=[*self._user_keys, k.dirty, k.generation, k.milestone_global], args=flat
+            )
+            evicted += sum(pair in dead for pair in pairs)
+            if outcome != 2:
+                return evicted
 
     async def _restore_counters(self, clicks_total: int) -> None:
         """Clicks total, minute buckets, a week of breakdowns and the country board."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.breakdown import DIMENSIONS
-from service.counter import as_text, load_script, utc_day
+from service.counter import Counter, as_text, load_script, utc_day
+from service.errors import ApiError
 from service.keys import Keys
 from service.store import Cut, Store, UserRow
 
@@ -46,7 +48,13 @@ class Snapshotter:
         self.keys = keys
         self.store = store
         self._take_cut = load_script(redis, "take_cut")
+        self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
+        self._counter = Counter(redis, keys)
+        self._raise_generation = redis.register_script(
+            "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+            "redis.call('SET', KEYS[1], ARGV[1]) end"
+        )
         self.max_inline_users = max_inline_users
         # The first snapshot of this process re-reads the whole stats history;
         # later ones only the minutes since the previous cut.
@@ -79,6 +87,10 @@ class Snapshotter:
                 k.minutes,
                 k.tombstones,
                 k.tombstones_inflight,
+                k.generation,
+                k.inflight_owner,
+                k.milestone_global,
+                k.milestone_personal,
                 *(k.breakdown(dimension, day) for day, dimension in wanted),
             ],
             args=[first, last, self.max_inline_users],
@@ -97,8 +109,9 @@ class Snapshotter:
                 username=as_text(flat_users[i + 1]),
                 nonce=as_text(flat_users[i + 2]),
                 count=int(float(flat_users[i + 3])),
+                milestone=int(flat_users[i + 4]),
             )
-            for i in range(0, len(flat_users), 4)
+            for i in range(0, len(flat_users), 5)
         ]
         global_count: int | None = int(reply[1])
         if outcome == "large":
@@ -118,11 +131,14 @@ class Snapshotter:
                 int(flat_minutes[i]): int(flat_minutes[i + 1])
                 for i in range(0, len(flat_minutes), 2)
             },
+            # The hash is nonce -> canonical name (one entry per dead token).
             tombstones=[
-                (as_text(flat_tombs[i]), as_text(flat_tombs[i + 1]))
+                (as_text(flat_tombs[i + 1]), as_text(flat_tombs[i]))
                 for i in range(0, len(flat_tombs), 2)
             ],
             breakdowns=breakdowns,
+            generation=int(reply[9]),
+            milestone_global=int(reply[10]),
         )
 
     async def _read_users_in_chunks(self) -> tuple[list[UserRow], list[str]]:
@@ -132,11 +148,15 @@ class Snapshotter:
         batch: list[str] = []
 
         async def read(canons: list[str]) -> None:
-            rows = await self._read_users(keys=[k.names, k.nonces, k.board], args=canons)
+            rows = await self._read_users(
+                keys=[k.names, k.nonces, k.board, k.milestone_personal], args=canons
+            )
             for canon, row in zip(canons, rows, strict=True):
                 if row:
                     users.append(
-                        UserRow(canon, as_text(row[0]), as_text(row[1]), int(float(row[2])))
+                        UserRow(
+                            canon, as_text(row[0]), as_text(row[1]), int(float(row[2])), int(row[3])
+                        )
                     )
                 else:
                     deleted.append(canon)
@@ -175,8 +195,13 @@ class Snapshotter:
         }
         horizon = cut.server_ms // 1000 - 3600
         self._written_minutes = {m: c for m, c in self._written_minutes.items() if m >= horizon}
-        # Only now are the in-flight changes safely in SQL.
-        await self.redis.delete(self.keys.dirty_inflight, self.keys.tombstones_inflight)
+        # Only now are the in-flight changes safely in SQL; unless a later cut (a
+        # successor's, while we were paused) took them over and has yet to commit.
+        k = self.keys
+        await self._drop_cut(
+            keys=[k.inflight_owner, k.dirty_inflight, k.tombstones_inflight],
+            args=[cut.generation],
+        )
         self._since_ms = cut.server_ms
         return Report(
             rows=rows,
@@ -186,6 +211,58 @@ class Snapshotter:
             lag_ms=max(0, int(time.time() * 1000) - cut.server_ms),
             server_ms=cut.server_ms,
         )
+
+    async def reconcile(self, stored_generation: int) -> int:
+        """Prepare a full snapshot after Redis went back in time (a lagging replica).
+
+        SQL then holds changes this Redis never saw, so writing only what changed would
+        break global == sum(users) there. Every name Redis has and every user SQL has is
+        marked changed (SQL users Redis lacks are then deleted), the whole stats history
+        is re-read, and the generation moves past SQL's. Users whose deletion SQL had
+        recorded (their token's tombstone) are deleted again. Otherwise Redis is the
+        truth from here on: what the replica missed is lost, as it already is for the
+        players. Returns the number of names marked.
+        """
+        k = self.keys
+        marked = 0
+        batch: list[str] = []
+
+        async def mark(force: bool = False) -> None:
+            nonlocal batch, marked
+            if batch and (force or len(batch) >= CHUNK_USERS):
+                await self.redis.sadd(k.dirty, *batch)
+                marked += len(batch)
+                batch = []
+
+        live: dict[str, str] = {}
+        async for canon, nonce in self.redis.hscan_iter(k.nonces, count=CHUNK_USERS):
+            live[as_text(canon)] = as_text(nonce)
+            batch.append(as_text(canon))
+            if len(live) >= CHUNK_USERS:
+                await self._delete_dead(live)
+            await mark()
+        await self._delete_dead(live)
+        cursor = ""
+        while rows := await asyncio.to_thread(self.store.users_after, cursor, CHUNK_USERS):
+            batch += [row.canon for row in rows]
+            cursor = rows[-1].canon
+            await mark()
+        await mark(force=True)
+        await self._raise_generation(keys=[k.generation], args=[stored_generation])
+        self._since_ms = None
+        self._written_minutes.clear()
+        self._written_breakdowns.clear()
+        return marked
+
+    async def _delete_dead(self, live: dict[str, str]) -> None:
+        """Delete the users among `live` (name -> nonce) whose token SQL knows is dead."""
+        tombstones = await asyncio.to_thread(self.store.tombstones_of, sorted(live))
+        for canon, nonce in sorted(tombstones):
+            if live.get(canon) == nonce:
+                with contextlib.suppress(ApiError):  # gone or re-joined meanwhile
+                    await self._counter.delete(canon, nonce)
+                log.warning("deleted again: its deletion was in SQL", extra={"user": canon})
+        live.clear()
 
     async def prune(self) -> int:
         """Drop minute buckets and breakdown days older than Redis keeps (SQL keeps all)."""

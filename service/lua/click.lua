@@ -24,19 +24,19 @@ local restored = redis.call('EXISTS', KEYS[8]) == 1
 local global = tonumber(redis.call('GET', KEYS[4]) or '0')
 local added = 0
 local tallies = {{}, {}, {}, {}}  -- per breakdown dimension: value -> clicks
+local announced_global = nil  -- the global milestone memory, read once per call
 
--- A milestone is crossed when the count passes a power of ten (global from
--- 1,000, personal from 100). Each value is announced once: the highest one
--- announced is remembered, so a count that drops and climbs again is quiet.
-local function crossed(before, after, first)
-  local m = first
-  while m <= after do
-    if before < m then
-      return m
-    end
-    m = m * 10
+-- A milestone is a power of ten (global from 1,000, personal from 100). A click
+-- announces the highest one the count has reached if it is above the highest
+-- announced so far, which is remembered (and snapshotted and restored): each value
+-- is announced once, a count that drops and climbs again is quiet, and one reached
+-- while a restore was pending is announced by the first click after it.
+local function reached(count, first)
+  local m, top = first, 0
+  while m <= count do
+    top, m = m, m * 10
   end
-  return 0
+  return top
 end
 
 -- Sliding log of the last window's accepted batches, newest first, as
@@ -88,7 +88,7 @@ local function click(rate_key, canon, display, nonce, n, profile)
     end
     -- Redis lost its data and the restore has not run yet: the signature
     -- vouches for the player, and the restore adds the snapshot to what
-    -- is counted from here on. Such clicks announce no milestones.
+    -- is counted from here on. No milestones until then: counts are partial.
     provisional = true
   end
   local wait = rate_limited(rate_key, n)
@@ -111,12 +111,14 @@ local function click(rate_key, canon, display, nonce, n, profile)
   local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
 
   local global_milestone, personal_milestone = 0, 0
-  if not provisional then
-    global_milestone = crossed(global - n, global, 1000)
-    personal_milestone = crossed(tonumber(user) - n, tonumber(user), 100)
+  if restored then
+    global_milestone = reached(global, 1000)
+    personal_milestone = reached(tonumber(user), 100)
   end
   if global_milestone > 0 then
-    if tonumber(redis.call('GET', KEYS[16]) or '0') < global_milestone then
+    announced_global = announced_global or tonumber(redis.call('GET', KEYS[16]) or '0')
+    if announced_global < global_milestone then
+      announced_global = global_milestone
       redis.call('SET', KEYS[16], global_milestone)
     else
       global_milestone = 0

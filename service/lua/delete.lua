@@ -2,12 +2,12 @@
 -- nonce is dropped (so the token dies) and the name becomes free, in one step.
 --
 -- KEYS: names board global dirty epoch nonces lex provisional tombstones milestone_personal
--- ARGV: canon
+-- ARGV: canon [nonce: delete only the user holding this token, else answer 'missing']
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {'restoring'}
 end
 local display = redis.call('HGET', KEYS[1], ARGV[1])
-if not display then
+if not display or (ARGV[2] and redis.call('HGET', KEYS[6], ARGV[1]) ~= ARGV[2]) then
   return {'missing'}
 end
 local old = tonumber(redis.call('ZSCORE', KEYS[2], display) or '0')
@@ -21,7 +21,8 @@ redis.call('SREM', KEYS[8], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[10], ARGV[1])
 -- Remember which token died, so a restore after a Redis loss cannot bring it back.
+-- Keyed by the nonce: a name deleted twice between snapshots keeps both tokens dead.
 if nonce then
-  redis.call('HSET', KEYS[9], ARGV[1], nonce)
+  redis.call('HSET', KEYS[9], nonce, ARGV[1])
 end
 return {'ok', display, global, nonce}

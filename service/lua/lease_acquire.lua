@@ -1,6 +1,7 @@
--- Take the snapshot lease if nobody holds it. The fence number grows with
--- every acquisition; the SQL store refuses writes from an older fence, so a
--- leader that was paused past its lease cannot overwrite its successor.
+-- Take the snapshot lease if nobody holds it. The number grows with every
+-- acquisition and tells holders apart in the lease's value; it is not the
+-- fence the SQL store checks: that one the new leader claims from SQL, since
+-- this counter goes back with a Redis data loss or a lagging replica.
 --
 -- KEYS: lease fence
 -- ARGV: worker_id ttl_ms

@@ -2,12 +2,17 @@
 -- read at one instant, so global == sum(users) holds in SQL as well.
 -- Changed names move to an in-flight set that stays until the SQL commit;
 -- a snapshot that dies is retried from it, so no change is ever forgotten.
+-- Each cut takes the next generation number and marks the in-flight sets as
+-- its own: only its commit may empty them (drop_cut.lua), and SQL refuses a
+-- generation that is not above the last one it committed.
 --
 -- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
---       tombstones tombstones_inflight, then the breakdown hashes of the days wanted
+--       tombstones tombstones_inflight generation inflight_owner milestone_global
+--       milestone_personal, then the breakdown hashes of the days wanted
 -- ARGV: first_minute last_minute max_users
 -- With more than max_users changed names, reading them all here would block Redis
 -- for seconds: the users are then left out ('large'), for the caller to read in chunks.
+local FIRST_BREAKDOWN = 16
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'restoring'}
 end
@@ -23,6 +28,8 @@ if redis.call('EXISTS', KEYS[10]) == 1 then
   end
   redis.call('DEL', KEYS[10])
 end
+local generation = redis.call('INCR', KEYS[12])
+redis.call('SET', KEYS[13], generation)
 local users, deleted = {}, {}
 local large = redis.call('SCARD', KEYS[3]) > tonumber(ARGV[3])
 local changed = {}
@@ -37,6 +44,7 @@ for _, canon in ipairs(changed) do
     table.insert(users, display)
     table.insert(users, redis.call('HGET', KEYS[4], canon) or '')
     table.insert(users, count)
+    table.insert(users, redis.call('HGET', KEYS[15], canon) or '0')
   else
     table.insert(deleted, canon)
   end
@@ -58,7 +66,7 @@ for chunk = first, last, 60 * 1000 do
   end
 end
 local breakdowns = {}
-for i = 12, #KEYS do
+for i = FIRST_BREAKDOWN, #KEYS do
   table.insert(breakdowns, redis.call('HGETALL', KEYS[i]))
 end
 local t = redis.call('TIME')
@@ -72,4 +80,6 @@ return {
   minutes,
   redis.call('HGETALL', KEYS[11]),
   breakdowns,
+  generation,
+  redis.call('GET', KEYS[14]) or '0',
 }
