@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,27 @@ def _positive(name: str, value: int | float) -> None:
         raise SettingsError(f"{name} must be positive, got {value!r}")
 
 
+MIN_ADMIN_TOKEN = 32
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_admin_tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """ADMIN_TOKENS="name:sha256hex,..." into (name, hash) pairs; a bad entry names the variable."""
+    pairs: list[tuple[str, str]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, _, digest = entry.rpartition(":")
+        digest = digest.strip().lower()
+        if not name.strip() or not _SHA256_HEX.fullmatch(digest):
+            raise SettingsError(
+                "ADMIN_TOKENS must be name:sha256hex entries separated by commas"
+                f" (`clickky admin-token --name NAME` prints one), not {entry[:40]!r}"
+            )
+        pairs.append((name.strip(), digest))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
@@ -27,6 +49,10 @@ class Settings:
     rate_limit_cps: int = 20
     join_rate_per_min: int = 30
     admin_token: str | None = None
+    # Named admins: (name, sha256 hex of the token). Only hashes live in the configuration.
+    admin_tokens: tuple[tuple[str, str], ...] = ()
+    # Failed admin authentications allowed per client address per minute, across instances.
+    admin_failures_per_min: int = 10
     secret_key: str | None = None
     # Every Redis key and channel starts with this, so several deployments (or
     # test runs) can share one Redis without seeing each other.
@@ -70,6 +96,8 @@ class Settings:
             rate_limit_cps=config("RATE_LIMIT_CPS", cast=int, default=20),
             join_rate_per_min=config("JOIN_RATE_PER_MIN", cast=int, default=30),
             admin_token=config("ADMIN_TOKEN", cast=str, default="") or None,
+            admin_tokens=parse_admin_tokens(config("ADMIN_TOKENS", cast=str, default="")),
+            admin_failures_per_min=config("ADMIN_FAILURES_PER_MIN", cast=int, default=10),
             secret_key=config("SECRET_KEY", cast=str, default="") or None,
             key_prefix=config("KEY_PREFIX", cast=str, default="clickky:"),
             log_level=config("LOG_LEVEL", cast=str, default="INFO").upper(),
@@ -96,6 +124,12 @@ class Settings:
         _positive("JOIN_RATE_PER_MIN", self.join_rate_per_min)
         _positive("MAX_BODY_BYTES", self.max_body_bytes)
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
+        _positive("ADMIN_FAILURES_PER_MIN", self.admin_failures_per_min)
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise SettingsError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters, not"
+                f" {len(self.admin_token)}; `clickky admin-token` prints a strong one"
+            )
         if not self.database_url.startswith(("mysql://", "mysql+pymysql://", "sqlite://")):
             raise SettingsError("DATABASE_URL must start with mysql:// or sqlite:///")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

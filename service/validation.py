@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
@@ -97,6 +98,22 @@ def paging(query: Any, default_limit: int = 50) -> tuple[int, int]:
     if not 1 <= limit <= MAX_PAGE:
         raise invalid("invalid_paging", f"limit must be from 1 to {MAX_PAGE}.")
     return offset, limit
+
+
+_STREAM_ID = re.compile(r"[0-9]{1,15}-[0-9]{1,10}")
+
+
+def history_paging(query: Any, *, stream: bool) -> tuple[int, str | None]:
+    """limit 1..200 (default 50) and an optional `before` cursor: a row id, or a stream id."""
+    _, limit = paging(query)
+    before = query.get("before")
+    if before is None or before == "":
+        return limit, None
+    valid = _STREAM_ID.fullmatch(before) if stream else before.isascii() and before.isdigit()
+    if not valid or len(before) > 26:
+        shape = "a feed entry id like 1700000000000-0" if stream else "an audit record id"
+        raise invalid("invalid_paging", f"before must be {shape}.")
+    return limit, str(before)
 
 
 def window(query: Any, allowed: tuple[str, ...] = tuple(WINDOWS)) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-ADMIN = {"Authorization": "Bearer admin-test-token"}
+ADMIN = {"Authorization": "Bearer admin-test-token-0123456789abcdef"}
 # Text that only shows up in a body when an exception leaked to the client.
 TRACE_MARKERS = ("Traceback", 'File "', "Exception", "Error:", "line ")
 

@@ -37,7 +37,7 @@ def test_casts_and_normalisation() -> None:
             "BROADCAST_INTERVAL_MS": "250",
             "RATE_LIMIT_CPS": "7",
             "JOIN_RATE_PER_MIN": "3",
-            "ADMIN_TOKEN": "sesame",
+            "ADMIN_TOKEN": "sesame-sesame-sesame-sesame-sesame",
             "SECRET_KEY": "k",
             "KEY_PREFIX": "staging:",
             "LOG_LEVEL": "debug",
@@ -54,7 +54,7 @@ def test_casts_and_normalisation() -> None:
     assert settings.snapshot_interval_s == 2.5
     assert settings.broadcast_interval_ms == 250 and settings.tick_s == 0.25
     assert (settings.rate_limit_cps, settings.join_rate_per_min) == (7, 3)
-    assert (settings.admin_token, settings.secret_key) == ("sesame", "k")
+    assert (settings.admin_token, settings.secret_key) == ("sesame-sesame-sesame-sesame-sesame", "k")
     assert settings.key_prefix == "staging:"
     assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
     assert settings.max_body_bytes == 1024

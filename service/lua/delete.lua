@@ -24,4 +24,4 @@ redis.call('HDEL', KEYS[10], ARGV[1])
 if nonce then
   redis.call('HSET', KEYS[9], ARGV[1], nonce)
 end
-return {'ok', display, global, nonce}
+return {'ok', display, global, nonce, old}

@@ -17,7 +17,7 @@ from tests.system.browser_support import DESKTOP, PHONE, Watch, chromium_path, l
 
 pytestmark = pytest.mark.system
 
-ADMIN_TOKEN = "admin-test-token"  # the stack fixture's
+ADMIN_TOKEN = "admin-test-token-0123456789abcdef"  # the stack fixture's
 
 
 class Chrome:
