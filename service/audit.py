@@ -56,7 +56,7 @@ class AuditLog:
         """
         stamped = Record(**{**asdict(record), "at_ms": int(time.time() * 1000)})
         try:
-            new_id = await asyncio.to_thread(self._insert, stamped)
+            new_id = await asyncio.to_thread(self.insert, stamped)
         except Exception as exc:
             metrics.AUDIT_WRITE_FAILURES.inc()
             log.error("audit record not stored (%s): %s", exc, stamped.as_json())
@@ -70,7 +70,8 @@ class AuditLog:
     def _sql(self, statement: str) -> str:
         return statement if self.store.is_mysql else statement.replace("%s", "?")
 
-    def _insert(self, record: Record) -> int:
+    def insert(self, record: Record) -> int:
+        """Append a record as stamped (blocking); returns its id."""
         self.store.migrate()
         row = (
             record.at_ms,

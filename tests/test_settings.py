@@ -54,7 +54,10 @@ def test_casts_and_normalisation() -> None:
     assert settings.snapshot_interval_s == 2.5
     assert settings.broadcast_interval_ms == 250 and settings.tick_s == 0.25
     assert (settings.rate_limit_cps, settings.join_rate_per_min) == (7, 3)
-    assert (settings.admin_token, settings.secret_key) == ("sesame-sesame-sesame-sesame-sesame", "k")
+    assert (settings.admin_token, settings.secret_key) == (
+        "sesame-sesame-sesame-sesame-sesame",
+        "k",
+    )
     assert settings.key_prefix == "staging:"
     assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
     assert settings.max_body_bytes == 1024
@@ -92,6 +95,11 @@ def test_settings_are_immutable() -> None:
         ("EXPORT_HOUR", "24"),
         ("EXPORT_HOUR", "-1"),
         ("EXPORT_FORMAT", "json"),
+        ("ADMIN_TOKEN", "x" * 31),
+        ("ADMIN_TOKENS", "alice"),
+        ("ADMIN_TOKENS", "alice:" + "0" * 63),
+        ("ADMIN_TOKENS", ":" + "0" * 64),
+        ("ADMIN_FAILURES_PER_MIN", "0"),
     ],
 )
 def test_unusable_values_are_refused_naming_the_variable(variable: str, value: str) -> None:
@@ -119,3 +127,16 @@ def test_values_of_the_wrong_type_are_refused_as_settings_errors(variable: str, 
 def test_validate_also_guards_direct_construction() -> None:
     with pytest.raises(SettingsError, match="RATE_LIMIT_CPS"):
         Settings(redis_url="redis://x", rate_limit_cps=0).validate()
+
+
+def test_named_admin_tokens_are_name_and_hash_pairs() -> None:
+    alice, rotated = "a" * 64, "B" * 64
+    settings = Settings.from_environ(
+        {"ADMIN_TOKENS": f" alice:{alice}, bob smith:{'c' * 64},alice:{rotated},"}
+    )
+    assert settings.admin_tokens == (
+        ("alice", alice),
+        ("bob smith", "c" * 64),
+        ("alice", "b" * 64),
+    )
+    assert Settings.from_environ({}).admin_tokens == ()

@@ -1,0 +1,102 @@
+"""The activity feed: live to admin sockets on every instance, never to players, and paged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import socketio
+
+from service.activity import Feed, relay
+from service.keys import Keys
+from tests.checks import ADMIN, ADMIN_TOKEN, assert_error, bearer
+from tests.support import Player, eventually, join
+
+
+def kinds(client: Player) -> list[str]:
+    return [data["kind"] for event, data in client.events if event == "activity"]
+
+
+async def test_admins_on_any_instance_see_it_live_and_players_never(
+    serve: Any, counter: Any
+) -> None:
+    one, two = await serve(), await serve()
+    async with one.client() as http:
+        admin = await Player(two.url, auth={"admin": ADMIN_TOKEN}).connect()
+        watcher = await Player(one.url).connect()
+        ann = await join(http, "Ann")
+        player = await Player(one.url, ann).connect()
+        try:
+            await eventually(lambda: kinds(admin) == ["join"])
+            edit = await http.put("/api/admin/users/Ann", json={"count": 999}, headers=ADMIN)
+            assert edit.status_code == 200
+            assert (await player.click(1))["global"] == 1000  # crosses the 1,000 milestone
+            await eventually(lambda: kinds(admin) == ["join", "admin", "milestone"])
+            feed = {data["kind"]: data for event, data in admin.events if event == "activity"}
+            assert feed["join"]["username"] == "Ann"
+            assert (feed["admin"]["admin"], feed["admin"]["before"], feed["admin"]["after"]) == (
+                "admin",
+                0,
+                999,
+            )
+            assert feed["milestone"]["value"] == 1000
+            await eventually(lambda: any(e == "milestone" for e, _ in watcher.events))
+            for other in (player, watcher):
+                assert "activity" not in [event for event, _ in other.events]
+
+            # The history pages back, newest first, through the same entries.
+            page = (await http.get("/api/admin/activity?limit=2", headers=ADMIN)).json()
+            assert [e["kind"] for e in page["entries"]] == ["milestone", "admin"]
+            assert page["entries"][0]["id"] == feed["milestone"]["id"]
+            older = await http.get(f"/api/admin/activity?before={page['next']}", headers=ADMIN)
+            assert [e["kind"] for e in older.json()["entries"]] == ["join"]
+            assert older.json()["next"] is None
+            assert_error(await http.get("/api/admin/activity"), 401, "unauthorized")
+            bad = await http.get("/api/admin/activity?before=x", headers=ADMIN)
+            assert_error(bad, 422, "invalid_paging")
+        finally:
+            for client in (admin, watcher, player):
+                await client.close()
+
+
+async def refusal(url: str, auth: dict[str, Any]) -> dict[str, Any]:
+    """The connect_error body of a refused admin socket."""
+    sio = socketio.AsyncClient(reconnection=False)
+    errors: list[dict[str, Any]] = []
+    sio.on("connect_error", errors.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=10)
+    await sio.disconnect()
+    assert errors, "no connect_error"
+    assert errors[0]["message"] == errors[0]["data"]["error"]
+    return errors[0]["data"]
+
+
+@pytest.mark.parametrize("auth", [{"admin": "wrong"}, {"admin": 7}, {"admin": ""}])
+async def test_a_bad_admin_socket_is_refused(server: Any, auth: dict[str, Any]) -> None:
+    assert (await refusal(server.url, auth))["error"] == "forbidden"
+
+
+async def test_worker_events_reach_admins_through_the_relay(
+    server: Any, redis: Any, keys: Keys
+) -> None:
+    """The worker has no Bus: it relays over the same channel, and every instance delivers."""
+    admin = await Player(server.url, auth={"admin": ADMIN_TOKEN}).connect()
+    try:
+        feed = Feed(redis, keys, relay(redis, keys.events, "worker-test"))
+        await feed.add("lease", worker="w1", fence=3)
+        await eventually(lambda: kinds(admin) == ["lease"])
+        assert admin.events[-1][1]["fence"] == 3
+    finally:
+        await admin.close()
+
+
+async def test_blocked_sockets_wait_like_http(serve: Any, counter: Any) -> None:
+    server = await serve(admin_failures_per_min=2)
+    for _ in range(2):
+        assert (await refusal(server.url, {"admin": "x"}))["error"] == "forbidden"
+    blocked = await refusal(server.url, {"admin": ADMIN_TOKEN})
+    assert blocked["error"] == "rate_limited" and blocked["retry_after_ms"] > 0
+    async with server.client() as http:
+        ok = await http.get("/api/admin/status", headers=bearer(ADMIN_TOKEN))
+        assert_error(ok, 429, "rate_limited")  # the same address, the same count
