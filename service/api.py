@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import metrics, validation
-from service.audit import Record
+from service.audit import Outcome, Record
 from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
@@ -157,13 +157,14 @@ async def countries(request: Request) -> Response:
 async def admin_set(request: Request) -> Response:
     admin = await _require_admin(request)
     rt = _runtime(request)
-    _, canon = _named_user(request)
+    display, canon = _named_user(request)
     count = validation.admin_count(await read_json(request))
-    result = await rt.counter.set_count(canon, count)
+    record = Record(admin, "edit", _address(request), display, after=count)
+    async with rt.audit.action(record) as outcome:
+        result = await rt.counter.set_count(canon, count)
+        outcome.username, outcome.before = result.username, result.before
     log.info("admin set count", extra={"username": result.username, "count": count})
-    await rt.admin_action(
-        Record(admin, "edit", _address(request), result.username, result.before, count)
-    )
+    await _audited(rt, outcome)
     await _tell_player(rt, canon, result.nonce, {"count": count})
     return JSONResponse(
         {"username": result.username, "count": count, "global": result.global_count}
@@ -173,12 +174,12 @@ async def admin_set(request: Request) -> Response:
 async def admin_delete(request: Request) -> Response:
     admin = await _require_admin(request)
     rt = _runtime(request)
-    _, canon = _named_user(request)
-    result = await rt.counter.delete(canon)
+    display, canon = _named_user(request)
+    async with rt.audit.action(Record(admin, "delete", _address(request), display)) as outcome:
+        result = await rt.counter.delete(canon)
+        outcome.username, outcome.before = result.username, result.before
     log.info("admin deleted user", extra={"username": result.username})
-    await rt.admin_action(
-        Record(admin, "delete", _address(request), result.username, result.before, None)
-    )
+    await _audited(rt, outcome)
     await _tell_player(rt, canon, result.nonce, {"deleted": True})
     return JSONResponse({"username": result.username, "global": result.global_count})
 
@@ -213,6 +214,12 @@ async def admin_status(request: Request) -> Response:
     body["restore"] = "done" if current.restored else "in_progress"
     body["workers"] = await rt.counter.workers_alive()
     return JSONResponse(body)
+
+
+async def _audited(rt: Runtime, outcome: Outcome) -> None:
+    """Put a completed admin action on the admins' live feed."""
+    if outcome.record is not None:
+        await rt.tell_admins(outcome.record)
 
 
 def _named_user(request: Request) -> tuple[str, str]:

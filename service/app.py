@@ -154,16 +154,16 @@ class Runtime:
         except RedisError as exc:
             log.warning("could not announce a milestone: %s", exc)
 
-    async def admin_action(self, record: Record) -> None:
-        """Write an admin action to the audit log (SQL) and the admins' live feed."""
-        stored = await self.audit.record(record)
+    async def tell_admins(self, record: Record) -> None:
+        """Put an audited admin action on the admins' live feed."""
         kind = "login_blocked" if record.action == "login_blocked" else "admin"
-        body = (stored or record).as_json()
-        await self.feed.add(kind, **{k: v for k, v in body.items() if k not in ("id", "at_ms")})
+        body = {k: v for k, v in record.as_json().items() if k not in ("id", "at_ms")}
+        await self.feed.add(kind, **body)
 
     async def login_blocked(self, address: str) -> None:
         """An address reached the failed-login limit: audit it once per window."""
-        await self.admin_action(Record(admin="-", action="login_blocked", address=address))
+        record = Record(admin="-", action="login_blocked", address=address)
+        await self.tell_admins(await self.audit.record(record) or record)
 
 
 @contextlib.asynccontextmanager

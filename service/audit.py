@@ -1,21 +1,26 @@
 """The admin audit log: who did what to whom, with the count before and after, in SQL.
 
 Records are written straight to the SQL store, not to Redis and snapshotted later:
-admin actions are rare (one INSERT each costs nothing), and a record that waited in
-Redis for the next snapshot would be lost with Redis, the very event after which
-someone asks who changed what. The table is created by the store's migrations.
+admin actions are rare (a few statements each cost nothing), and a record that waited
+in Redis for the next snapshot would be lost with Redis, the very event after which
+someone asks who changed what. An edit or delete is recorded *before* it is made
+(no record, no action: 503 `audit_unavailable` while the store is down) and completed
+with the count it replaced afterwards. The table is created by the store's migrations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from service import metrics
+from service.errors import ApiError
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,20 @@ class Record:
         return body
 
 
+def _stamped(record: Record) -> Record:
+    return replace(record, at_ms=int(time.time() * 1000))
+
+
+@dataclass
+class Outcome:
+    """What an audited action reports back: the user's display name and previous count."""
+
+    username: str | None = None
+    before: int | None = None
+    # The completed record, once the action succeeded.
+    record: Record | None = None
+
+
 class AuditLog:
     """Append and page the audit table; blocking SQL runs in a thread."""
 
@@ -51,17 +70,67 @@ class AuditLog:
     async def record(self, record: Record) -> Record | None:
         """Store one record (stamped now, UTC); on failure log it whole and return None.
 
-        The action it describes already happened in Redis, so a database outage must not
-        turn it into an error: the record then survives in the log line and the metric.
+        For events that happen whether or not the store answers (a blocked login burst):
+        the record then survives in the log line and the metric.
         """
-        stamped = Record(**{**asdict(record), "at_ms": int(time.time() * 1000)})
+        stamped = _stamped(record)
         try:
             new_id = await asyncio.to_thread(self.insert, stamped)
         except Exception as exc:
             metrics.AUDIT_WRITE_FAILURES.inc()
             log.error("audit record not stored (%s): %s", exc, stamped.as_json())
             return None
-        return Record(**{**asdict(stamped), "id": new_id})
+        return replace(stamped, id=new_id)
+
+    @contextlib.asynccontextmanager
+    async def action(self, record: Record) -> AsyncIterator[Outcome]:
+        """Record an admin action around making it; 503 before it when the store is down.
+
+        A definite refusal (an ApiError: no such user, a restore pending) removes the
+        record, since nothing changed. Any other failure (Redis lost the reply, say)
+        leaves it with no `before`: the action may have happened.
+        """
+        stamped = _stamped(record)
+        try:
+            rid = await asyncio.to_thread(self.insert, stamped)
+        except Exception as exc:
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            log.error("audit log unavailable, admin %s refused: %s", record.action, exc)
+            raise ApiError(
+                503,
+                "audit_unavailable",
+                "The audit log cannot be written; admin actions wait until it can.",
+                retry_after_s=5,
+            ) from None
+        outcome = Outcome()
+        try:
+            yield outcome
+        except ApiError:
+            await self._settle(rid, None)
+            raise
+        done = replace(
+            stamped, id=rid, username=outcome.username or record.username, before=outcome.before
+        )
+        await self._settle(rid, done)
+        outcome.record = done
+
+    async def _settle(self, rid: int, done: Record | None) -> None:
+        """Complete a record (or drop it when `done` is None); a failure is logged."""
+        args: tuple[Any, ...] = (rid,)
+        if done is None:
+            statement = "DELETE FROM audit WHERE id = %s"
+        else:
+            statement = "UPDATE audit SET username = %s, before_count = %s WHERE id = %s"
+            args = (done.username, done.before, rid)
+        try:
+            await asyncio.to_thread(self._execute, statement, args)
+        except Exception as exc:
+            metrics.AUDIT_WRITE_FAILURES.inc()
+            log.error("audit record %d not completed (%s): %s", rid, exc, done and done.as_json())
+
+    def _execute(self, statement: str, args: tuple[Any, ...]) -> None:
+        with self.store.connect() as conn:
+            conn.cursor().execute(self._sql(statement), args)
 
     async def page(self, limit: int, before: int | None = None) -> list[Record]:
         """Newest first: up to `limit` records with an id below `before`."""

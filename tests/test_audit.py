@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymysql
+
 from service.admin import hash_token, new_token
 from service.counter import Counter
 from service.keys import Keys
 from service.store import Store
 from tests.checks import assert_error, bearer
+from tests.conftest import MYSQL
 from tests.support import join
 from tests.test_restore import lose_everything
 from worker.restore import Restorer
@@ -73,3 +76,27 @@ async def test_two_named_admins_are_audited_and_the_log_survives_a_redis_loss(
         after = (await http.get("/api/admin/audit", headers=bearer(BEA))).json()
         assert actions(after) == expected
         assert (await http.get("/api/users/Ann")).json()["count"] == 7
+
+
+async def test_no_record_no_action_when_the_store_is_down(
+    serve: Any, counter: Counter, mysql_url: str
+) -> None:
+    server = await serve(admin_tokens=NAMED, database_url=mysql_url)
+    async with server.client() as http:
+        await join(http, "Ann")
+        edit = await http.put("/api/admin/users/Ann", json={"count": 3}, headers=bearer(ADA))
+        assert edit.status_code == 200, edit.text
+        body = (await http.get("/api/admin/audit", headers=bearer(ADA))).json()
+        assert actions(body) == [("ada", "edit", "Ann", 0, 3)]  # on MariaDB too
+
+        conn = pymysql.connect(**MYSQL)  # type: ignore[arg-type]
+        with conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE `{mysql_url.rsplit('/', 1)[1]}`")
+        conn.close()
+        refused = await http.put("/api/admin/users/Ann", json={"count": 9}, headers=bearer(BEA))
+        assert_error(refused, 503, "audit_unavailable")
+        assert "Retry-After" in refused.headers
+        assert_error(
+            await http.delete("/api/admin/users/Ann", headers=bearer(BEA)), 503, "audit_unavailable"
+        )
+        assert (await http.get("/api/users/Ann")).json()["count"] == 3
