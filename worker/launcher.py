@@ -447,9 +447,10 @@ def plan_environment(environ: Mapping[str, str]) -> Plan:
     env.setdefault("LOG_FORMAT", "text")
     # Children write into our pipes: unbuffered, so their lines show up as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
-    generated = not env.get("ADMIN_TOKEN")
+    # Named admins (ADMIN_TOKENS) need no made-up token beside them.
+    generated = not env.get("ADMIN_TOKEN") and not env.get("ADMIN_TOKENS")
     if generated:
-        env["ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        env["ADMIN_TOKEN"] = secrets.token_urlsafe(32)  # 43 characters; 32 is the minimum
     redis_url = env.get("REDIS_URL") or None
     return Plan(env, redis_url, redis_url is None, generated)
 
@@ -496,7 +497,10 @@ def _summary(plan: Plan, lines: list[tuple[str, str]]) -> str:
             "  (generated for this run, for local use only; set ADMIN_TOKEN to choose one)"
         )
     else:
-        token = "from ADMIN_TOKEN (not shown)"
+        named = " and ADMIN_TOKENS" if plan.env.get("ADMIN_TOKENS") else ""
+        token = f"from ADMIN_TOKEN{named} (not shown)"
+        if not plan.env.get("ADMIN_TOKEN"):
+            token = "from ADMIN_TOKENS (not shown)"
     rows.append(("admin token", token))
     body = "\n".join(f"  {name:<12} {value}" for name, value in rows)
     return f"\nClickky is running:\n{body}\nPress Ctrl-C to stop.\n"
