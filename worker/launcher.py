@@ -497,10 +497,8 @@ def _summary(plan: Plan, lines: list[tuple[str, str]]) -> str:
             "  (generated for this run, for local use only; set ADMIN_TOKEN to choose one)"
         )
     else:
-        named = " and ADMIN_TOKENS" if plan.env.get("ADMIN_TOKENS") else ""
-        token = f"from ADMIN_TOKEN{named} (not shown)"
-        if not plan.env.get("ADMIN_TOKEN"):
-            token = "from ADMIN_TOKENS (not shown)"
+        given = [name for name in ("ADMIN_TOKEN", "ADMIN_TOKENS") if plan.env.get(name)]
+        token = f"from {' and '.join(given)} (not shown)"
     rows.append(("admin token", token))
     body = "\n".join(f"  {name:<12} {value}" for name, value in rows)
     return f"\nClickky is running:\n{body}\nPress Ctrl-C to stop.\n"
