@@ -10,7 +10,9 @@ import socketio
 from service.activity import Feed, relay
 from service.keys import Keys
 from tests.checks import ADMIN, ADMIN_TOKEN, assert_error, bearer
-from tests.support import Player, eventually, join
+from tests.support import Player, eventually, join, make_player
+from tests.test_restore import lose_everything
+from worker.main import Worker
 
 
 def kinds(client: Player) -> list[str]:
@@ -100,3 +102,25 @@ async def test_blocked_sockets_wait_like_http(serve: Any, counter: Any) -> None:
     async with server.client() as http:
         ok = await http.get("/api/admin/status", headers=bearer(ADMIN_TOKEN))
         assert_error(ok, 429, "rate_limited")  # the same address, the same count
+
+
+async def test_the_worker_reports_lease_restore_and_failed_snapshots(
+    make_settings: Any, counter: Any, redis: Any, keys: Keys
+) -> None:
+    worker = Worker(make_settings())
+    feed = Feed(redis, keys, relay(redis, keys.events, "reader"))
+    try:
+        await worker.guard()  # takes the lease
+        [lease] = await feed.page(10)
+        assert (lease["kind"], lease["worker"], lease["fence"]) == ("lease", worker.worker_id, 1)
+        await make_player(counter, "Ann")
+        await worker.snapshot()
+        await lose_everything(redis, keys)
+        assert await worker._restore() == 1
+        await worker._failed(RuntimeError("disk full"))
+        failed, restored = await feed.page(10)
+        assert (restored["kind"], restored["users"]) == ("restore", 1)
+        assert failed["kind"] == "snapshot_failed" and "disk full" in failed["error"]
+        assert failed["failures"] == 1
+    finally:
+        await worker.redis.aclose()
