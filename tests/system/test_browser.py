@@ -466,7 +466,15 @@ async def test_dashboard_feed_shows_joins_edits_and_milestones_live(
     assert any('"milestone"' in frame for frame in frames)
     assert not any('"activity"' in frame for frame in frames)
 
-    # After a reload the history comes back from the server, newest first.
+    # After a reload the history comes back from the server, newest first, a page at a
+    # time (30 entries): the oldest entry is one "Older activity" click away.
+    for i in range(30):
+        await http_player(dash_instance, f"Later{i}", 0)
+    await expect(feed.locator("li").first).to_contain_text("Later29 joined")
     await dash.reload()
-    await expect(feed.locator("li")).to_have_count(3)
+    await expect(feed.locator("li")).to_have_count(30)
+    await expect(feed.locator("li").first).to_contain_text("Later29 joined")
+    await dash.get_by_role("button", name="Older activity").click()
+    await expect(feed.locator("li")).to_have_count(33)
     await expect(feed.locator("li").last).to_contain_text("Feedy joined")
+    await expect(dash.get_by_role("button", name="Older activity")).to_be_hidden()
