@@ -24,14 +24,17 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_admin_tokens(text: str) -> tuple[tuple[str, str], ...]:
-    """ADMIN_TOKENS="name:sha256hex,..." into (name, hash) pairs; a bad entry names the variable."""
+    """ADMIN_TOKENS="name:sha256hex,..." into (name, hash) pairs; a bad entry names the variable.
+
+    A name (1-64 characters) may repeat: two hashes for one admin is how a token rotates.
+    """
     pairs: list[tuple[str, str]] = []
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
             continue
         name, _, digest = entry.rpartition(":")
         digest = digest.strip().lower()
-        if not name.strip() or not _SHA256_HEX.fullmatch(digest):
+        if not 0 < len(name.strip()) <= 64 or not _SHA256_HEX.fullmatch(digest):
             raise SettingsError(
                 "ADMIN_TOKENS must be name:sha256hex entries separated by commas"
                 f" (`clickky admin-token --name NAME` prints one), not {entry[:40]!r}"

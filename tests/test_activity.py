@@ -54,8 +54,15 @@ async def test_admins_on_any_instance_see_it_live_and_players_never(
             assert [e["kind"] for e in older.json()["entries"]] == ["join"]
             assert older.json()["next"] is None
             assert_error(await http.get("/api/admin/activity"), 401, "unauthorized")
-            bad = await http.get("/api/admin/activity?before=x", headers=ADMIN)
-            assert_error(bad, 422, "invalid_paging")
+            for query in (
+                "before=x",
+                "before=1",
+                "before=1-2-3",
+                "limit=0",
+                "before=" + "9" * 16 + "-0",
+            ):
+                bad = await http.get(f"/api/admin/activity?{query}", headers=ADMIN)
+                assert_error(bad, 422, "invalid_paging")
         finally:
             for client in (admin, watcher, player):
                 await client.close()

@@ -99,6 +99,7 @@ def test_settings_are_immutable() -> None:
         ("ADMIN_TOKENS", "alice"),
         ("ADMIN_TOKENS", "alice:" + "0" * 63),
         ("ADMIN_TOKENS", ":" + "0" * 64),
+        ("ADMIN_TOKENS", "n" * 65 + ":" + "0" * 64),
         ("ADMIN_FAILURES_PER_MIN", "0"),
     ],
 )
