@@ -10,6 +10,7 @@ it (the durable record of admin actions is the audit log in SQL).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 
 from service.admin import ADMIN_ROOM
 from service.bus import encode_message
-from service.counter import as_text
+from service.counter import as_text, load_script
 from service.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -39,40 +40,61 @@ KINDS = (
     "snapshot_failed",
 )
 
-Publish = Callable[[str, Any, str | None], Awaitable[None]]
-
-
-def relay(redis: Redis, channel: str, host_id: str) -> Publish:
-    """A publisher for processes without a Bus (the worker): every instance delivers it."""
-
-    async def publish(event: str, data: Any, room: str | None) -> None:
-        await redis.publish(channel, encode_message(host_id, event, data, room))
-
-    return publish
+Deliver = Callable[[str, Any, str | None], Awaitable[None]]
+# Stands for the stream id in the message until the script knows it (JSON-escaped once).
+_ID_MARK = "\x00id\x00"
 
 
 class Feed:
-    """Append an event to the history and send it to every admin connection."""
+    """Append an event to the history and send it to every admin connection.
 
-    def __init__(self, redis: Redis, keys: Keys, publish: Publish) -> None:
+    `host_id` is the bus's host stamp; an instance passes its own and its local
+    `deliver`, since its listener skips its own messages. The worker passes neither
+    deliver nor a Bus: every instance delivers what it publishes.
+    """
+
+    def __init__(
+        self, redis: Redis, keys: Keys, host_id: str, deliver: Deliver | None = None
+    ) -> None:
         self.redis = redis
         self.key = keys.activity
-        self.publish = publish
+        self.channel = keys.events
+        self.host_id = host_id
+        self.deliver = deliver
+        self._add = load_script(redis, "feed_add")
+        self._posting: set[asyncio.Task[Any]] = set()
+
+    def post(self, kind: str, **data: Any) -> None:
+        """Add an event without waiting: a join or a click need not wait for the admins."""
+        task = asyncio.create_task(self.add(kind, **data))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """Wait (bounded) for posted events at shutdown."""
+        if self._posting:
+            await asyncio.wait(set(self._posting), timeout=timeout_s)
 
     async def add(self, kind: str, **data: Any) -> dict[str, Any] | None:
-        """Record and send one event; a Redis failure is logged, never raised."""
+        """Record and send one event (one round trip); a Redis failure is logged, not raised."""
         entry: dict[str, Any] = {"kind": kind, "at_ms": int(time.time() * 1000), **data}
+        message = encode_message(self.host_id, EVENT, {"id": _ID_MARK, **entry}, ADMIN_ROOM)
+        head, tail = message.split(json.dumps(_ID_MARK)[1:-1], 1)
         try:
-            entry_id = await self.redis.xadd(
-                self.key,
-                {"e": json.dumps(entry, separators=(",", ":"))},
-                maxlen=MAX_ENTRIES,
-                approximate=True,
+            entry_id = as_text(
+                await self._add(
+                    keys=[self.key],
+                    args=[MAX_ENTRIES, _compact(entry), self.channel, head, tail],
+                )
             )
-            entry = {"id": as_text(entry_id), **entry}
-            await self.publish(EVENT, entry, ADMIN_ROOM)
+            entry = {"id": entry_id, **entry}
+            if self.deliver is not None:
+                await self.deliver(EVENT, entry, ADMIN_ROOM)
         except RedisError as exc:
             log.warning("could not add a %s event to the activity feed: %s", kind, exc)
+            return None
+        except Exception:
+            log.exception("could not send a %s event to the admins", kind)
             return None
         return entry
 
@@ -88,3 +110,7 @@ class Feed:
                 continue  # not ours: the stream holds only JSON entries
             entries.append({"id": as_text(entry_id), **body})
         return entries
+
+
+def _compact(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"))

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from redis.asyncio import Redis
 
 from service import metrics
+from service.counter import load_script
 from service.errors import ApiError
 from service.keys import Keys
 
@@ -31,18 +32,6 @@ ADMIN_ROOM = "admins"
 # The name under which ADMIN_TOKEN's holder appears in the audit log.
 DEFAULT_ADMIN = "admin"
 WINDOW_S = 60
-
-# One step: count the failure and start the window on the first one, so every
-# instance sees the same count and the window cannot be extended by retrying.
-_FAIL = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {n, redis.call('PTTL', KEYS[1])}
-"""
-_CHECK = """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-return {n, redis.call('PTTL', KEYS[1])}
-"""
 
 OnBlocked = Callable[[str], Awaitable[None]]
 
@@ -76,8 +65,8 @@ class Admins:
         if admin_token is not None:
             digests.append((DEFAULT_ADMIN, hashlib.sha256(admin_token.encode()).digest()))
         self._digests = digests
-        self._fail = redis.register_script(_FAIL)
-        self._check = redis.register_script(_CHECK)
+        self._fail = load_script(redis, "admin_fail")
+        self._check = load_script(redis, "admin_check")
         self.on_blocked = on_blocked
 
     @property

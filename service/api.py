@@ -85,7 +85,7 @@ async def join(request: Request) -> Response:
     nonce = await rt.counter.join(display, canon, _address(request), rt.settings.join_rate_per_min)
     metrics.JOINS.inc()
     log.info("player joined", extra={"username": display})
-    await rt.feed.add("join", username=display)
+    rt.feed.post("join", username=display)
     return JSONResponse(
         {"username": display, "token": rt.signer.issue(display, nonce)}, status_code=201
     )

@@ -141,7 +141,7 @@ class Runtime:
                     "username": player.display,
                 }
                 await self.bus.publish("milestone", data)
-                await self.feed.add("milestone", value=data["value"], username=player.display)
+                self.feed.post("milestone", value=data["value"], username=player.display)
             if result.personal_milestone:
                 data = {
                     "scope": "personal",
@@ -198,7 +198,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             publisher=redis,
         )
         runtime.audit = AuditLog(store)
-        runtime.feed = Feed(redis, runtime.keys, runtime.bus.publish)
+        runtime.feed = Feed(redis, runtime.keys, runtime.instance_id, runtime.deliver)
+        stack.push_async_callback(runtime.feed.drain)
         runtime.admins = Admins(
             redis,
             runtime.keys,

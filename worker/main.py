@@ -20,7 +20,7 @@ import pymysql
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
-from service.activity import Feed, relay
+from service.activity import Feed
 from service.connection import connect_redis
 from service.keys import Keys
 from service.logs import configure_logging
@@ -62,7 +62,7 @@ class Worker:
         self.snapshotter = Snapshotter(self.redis, self.keys, self.store)
         self.restorer = Restorer(self.redis, self.keys, self.store)
         # The admins' live feed: lease takeovers, restores and failed snapshots.
-        self.feed = Feed(self.redis, self.keys, relay(self.redis, self.keys.events, self.worker_id))
+        self.feed = Feed(self.redis, self.keys, self.worker_id)
         self.scheduler = AsyncIOScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
