@@ -39,7 +39,7 @@ from tests.system.browser_support import DESKTOP, PHONE, launch  # noqa: E402
 
 DOCS = ROOT / "docs"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-ADMIN_TOKEN = "screenshots-admin"
+ADMIN_TOKEN = "screenshots-admin-0123456789abcdef"
 ME = "Sam"
 SETTLE_S = 30
 

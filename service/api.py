@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import metrics, validation
+from service.audit import Outcome, Record
 from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
@@ -67,15 +67,14 @@ def _player(request: Request) -> Player:
     return player
 
 
-def _require_admin(request: Request) -> None:
-    expected = _runtime(request).settings.admin_token
-    if expected is None:
-        raise ApiError(403, "admin_disabled", "Admin routes are disabled: ADMIN_TOKEN is unset.")
-    token = _bearer(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "Send the admin token as 'Authorization: Bearer ...'.")
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(403, "forbidden", "That is not the admin token.")
+def _address(request: Request) -> str:
+    """The client's address (uvicorn applies trusted X-Forwarded-For first)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def _require_admin(request: Request) -> str:
+    """The name of the admin making this request; 403/401/429 otherwise (service/admin.py)."""
+    return await _runtime(request).admins.authenticate(_bearer(request), _address(request))
 
 
 # -- players -------------------------------------------------------------------
@@ -83,10 +82,10 @@ async def join(request: Request) -> Response:
     rt = _runtime(request)
     payload = validation.require_object(await read_json(request), "The join body")
     display, canon = validation.username(payload.get("username"))
-    address = request.client.host if request.client else "unknown"
-    nonce = await rt.counter.join(display, canon, address, rt.settings.join_rate_per_min)
+    nonce = await rt.counter.join(display, canon, _address(request), rt.settings.join_rate_per_min)
     metrics.JOINS.inc()
     log.info("player joined", extra={"username": display})
+    rt.feed.post("join", username=display)
     return JSONResponse(
         {"username": display, "token": rt.signer.issue(display, nonce)}, status_code=201
     )
@@ -156,12 +155,16 @@ async def countries(request: Request) -> Response:
 
 # -- admin ---------------------------------------------------------------------
 async def admin_set(request: Request) -> Response:
-    _require_admin(request)
+    admin = await _require_admin(request)
     rt = _runtime(request)
-    _, canon = _named_user(request)
+    display, canon = _named_user(request)
     count = validation.admin_count(await read_json(request))
-    result = await rt.counter.set_count(canon, count)
+    record = Record(admin, "edit", _address(request), display, after=count)
+    async with rt.audit.action(record) as outcome:
+        result = await rt.counter.set_count(canon, count)
+        outcome.username, outcome.before = result.username, result.before
     log.info("admin set count", extra={"username": result.username, "count": count})
+    await _audited(rt, outcome)
     await _tell_player(rt, canon, result.nonce, {"count": count})
     return JSONResponse(
         {"username": result.username, "count": count, "global": result.global_count}
@@ -169,17 +172,41 @@ async def admin_set(request: Request) -> Response:
 
 
 async def admin_delete(request: Request) -> Response:
-    _require_admin(request)
+    admin = await _require_admin(request)
     rt = _runtime(request)
-    _, canon = _named_user(request)
-    result = await rt.counter.delete(canon)
+    display, canon = _named_user(request)
+    async with rt.audit.action(Record(admin, "delete", _address(request), display)) as outcome:
+        result = await rt.counter.delete(canon)
+        outcome.username, outcome.before = result.username, result.before
     log.info("admin deleted user", extra={"username": result.username})
+    await _audited(rt, outcome)
     await _tell_player(rt, canon, result.nonce, {"deleted": True})
     return JSONResponse({"username": result.username, "global": result.global_count})
 
 
+async def admin_audit(request: Request) -> Response:
+    await _require_admin(request)
+    limit, before = validation.history_paging(request.query_params, stream=False)
+    records = await _runtime(request).audit.page(limit, int(before) if before else None)
+    return JSONResponse(
+        {
+            "entries": [r.as_json() for r in records],
+            "next": str(records[-1].id) if len(records) == limit else None,
+        }
+    )
+
+
+async def admin_activity(request: Request) -> Response:
+    await _require_admin(request)
+    limit, before = validation.history_paging(request.query_params, stream=True)
+    entries = await _runtime(request).feed.page(limit, before)
+    return JSONResponse(
+        {"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None}
+    )
+
+
 async def admin_status(request: Request) -> Response:
-    _require_admin(request)
+    await _require_admin(request)
     rt = _runtime(request)
     current = await rt.counter.state()
     body = rt.ticker.describe(current)
@@ -187,6 +214,12 @@ async def admin_status(request: Request) -> Response:
     body["restore"] = "done" if current.restored else "in_progress"
     body["workers"] = await rt.counter.workers_alive()
     return JSONResponse(body)
+
+
+async def _audited(rt: Runtime, outcome: Outcome) -> None:
+    """Put a completed admin action on the admins' live feed."""
+    if outcome.record is not None:
+        await rt.tell_admins(outcome.record)
 
 
 def _named_user(request: Request) -> tuple[str, str]:
@@ -290,6 +323,8 @@ def routes() -> list[Route]:
         Route("/api/stats/breakdown", breakdown, methods=["GET"]),
         Route("/api/countries", countries, methods=["GET"]),
         Route("/api/admin/status", admin_status, methods=["GET"]),
+        Route("/api/admin/audit", admin_audit, methods=["GET"]),
+        Route("/api/admin/activity", admin_activity, methods=["GET"]),
         Route("/api/admin/users/{username:path}", admin_set, methods=["PUT"]),
         Route("/api/admin/users/{username:path}", admin_delete, methods=["DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -16,6 +16,9 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from service import api, events, metrics, openapi, pages
+from service.activity import Feed
+from service.admin import Admins
+from service.audit import AuditLog, Record
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
@@ -68,6 +71,9 @@ class Runtime:
         self.presence: Presence
         self.ticker: Ticker
         self.bus: Bus
+        self.admins: Admins
+        self.audit: AuditLog
+        self.feed: Feed
         self.loops: list[Loop] = []
 
     async def deliver(self, event: str, data: Any, room: str | None) -> None:
@@ -135,6 +141,7 @@ class Runtime:
                     "username": player.display,
                 }
                 await self.bus.publish("milestone", data)
+                self.feed.post("milestone", value=data["value"], username=player.display)
             if result.personal_milestone:
                 data = {
                     "scope": "personal",
@@ -146,6 +153,17 @@ class Runtime:
                 )
         except RedisError as exc:
             log.warning("could not announce a milestone: %s", exc)
+
+    async def tell_admins(self, record: Record) -> None:
+        """Put an audited admin action on the admins' live feed."""
+        kind = "login_blocked" if record.action == "login_blocked" else "admin"
+        body = {k: v for k, v in record.as_json().items() if k not in ("id", "at_ms")}
+        await self.feed.add(kind, **body)
+
+    async def login_blocked(self, address: str) -> None:
+        """An address reached the failed-login limit: audit it once per window."""
+        record = Record(admin="-", action="login_blocked", address=address)
+        await self.tell_admins(await self.audit.record(record) or record)
 
 
 @contextlib.asynccontextmanager
@@ -178,6 +196,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             runtime.instance_id,
             runtime.deliver,
             publisher=redis,
+        )
+        runtime.audit = AuditLog(store)
+        runtime.feed = Feed(redis, runtime.keys, runtime.instance_id, runtime.deliver)
+        stack.push_async_callback(runtime.feed.drain)
+        runtime.admins = Admins(
+            redis,
+            runtime.keys,
+            admin_token=settings.admin_token,
+            named=settings.admin_tokens,
+            failures_per_min=settings.admin_failures_per_min,
+            on_blocked=runtime.login_blocked,
         )
         # Capped at 10 s, not 60: an admin edit should reach players soon after Redis returns.
         listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[str, Any, str | None], Awaitable[None]]
 
 
+def encode_message(host_id: str, event: str, data: Any, room: str | None) -> str:
+    """The wire form of an event on the channel; listeners skip their own host's."""
+    message = {"host": host_id, "event": event, "data": data, "room": room}
+    return json.dumps(message, separators=(",", ":"))
+
+
 class Bus:
     """Publish an event to every instance; hand the ones from other instances to `deliver`."""
 
@@ -60,8 +66,8 @@ class Bus:
     async def publish(self, event: str, data: Any, room: str | None = None) -> None:
         """Deliver locally, then to the other instances."""
         await self.deliver(event, data, room)
-        message = {"host": self.host_id, "event": event, "data": data, "room": room}
-        await self.publisher.publish(self.channel, json.dumps(message, separators=(",", ":")))
+        message = encode_message(self.host_id, event, data, room)
+        await self.publisher.publish(self.channel, message)
 
     async def listen(self) -> None:
         """Subscribe and dispatch until the connection fails; the caller's Loop retries."""

@@ -72,6 +72,8 @@ class AdminResult:
     global_count: int
     nonce: str | None
     count: int = 0
+    # The user's count before the edit or delete, for the audit log.
+    before: int = 0
 
 
 @dataclass(frozen=True)
@@ -292,7 +294,11 @@ class Counter:
             raise restoring()
         nonce = as_text(reply[3]) if reply[3] is not None else None
         return AdminResult(
-            username=as_text(reply[1]), global_count=int(reply[2]), nonce=nonce, count=count
+            username=as_text(reply[1]),
+            global_count=int(reply[2]),
+            nonce=nonce,
+            count=count,
+            before=int(reply[4]),
         )
 
     # -- reads -------------------------------------------------------------

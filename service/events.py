@@ -13,6 +13,7 @@ import socketio
 from redis.exceptions import RedisError
 
 from service import metrics
+from service.admin import ADMIN_ROOM
 from service.breakdown import Profile, classify, country_of
 from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
@@ -88,9 +89,12 @@ def register(rt: Runtime) -> None:
         rt.welcoming.add(sid)
         try:
             player = await _authenticate(rt, auth)
+            admin = await _admin(rt, auth, environ)
         except BaseException:
             rt.welcoming.discard(sid)
             raise
+        if admin is not None:
+            await sio.enter_room(sid, ADMIN_ROOM)  # the activity feed goes to this room only
         if player is not None:
             rt.players[sid] = player
             rt.profiles[sid] = _profile(environ)
@@ -156,6 +160,21 @@ async def _authenticate(rt: Runtime, auth: Any) -> Player | None:
     if not live:
         _refuse(invalid_token())
     return player
+
+
+async def _admin(rt: Runtime, auth: Any, environ: dict[str, Any]) -> str | None:
+    """The admin named by auth {"admin": token}, None without one; refuses a bad one."""
+    if not isinstance(auth, dict) or "admin" not in auth:
+        return None
+    token = auth["admin"]
+    client = environ.get("asgi.scope", {}).get("client") or ("unknown", 0)
+    try:
+        return await rt.admins.authenticate(token if isinstance(token, str) else "", client[0])
+    except ApiError as exc:
+        _refuse(exc)
+    except RedisError:
+        metrics.REDIS_ERRORS.labels("connect").inc()
+        _refuse(unavailable())
 
 
 async def _welcome(rt: Runtime, sid: str) -> None:

@@ -122,6 +122,10 @@ class Keys:
         # Joins from one address in the current minute; expires 60 s after the first.
         return f"{self.prefix}joinrate:{address}"
 
+    def admin_failures(self, address: str) -> str:
+        # Failed admin authentications from one address in the current minute (service/admin.py).
+        return f"{self.prefix}adminfail:{address}"
+
     # -- presence ----------------------------------------------------------
     @property
     def presence_expiry(self) -> str:
@@ -137,6 +141,11 @@ class Keys:
     @property
     def events(self) -> str:
         return self.prefix + "events"
+
+    @property
+    def activity(self) -> str:
+        # Stream of the admins' activity feed (service/activity.py), capped at ~5,000 entries.
+        return self.prefix + "activity"
 
     @property
     def country_board(self) -> str:

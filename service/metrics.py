@@ -52,6 +52,16 @@ PUBSUB_UP = Gauge(
 )
 PUBSUB_RECONNECTS = Counter("clickky_pubsub_reconnects_total", "Pub/sub (re)subscriptions.")
 HTTP_ERRORS = Counter("clickky_http_errors_total", "HTTP error responses, by code.", ["code"])
+ADMIN_AUTH_FAILURES = Counter(
+    "clickky_admin_auth_failures_total", "Admin authentications refused for a wrong token."
+)
+ADMIN_AUTH_BLOCKS = Counter(
+    "clickky_admin_auth_blocks_total",
+    "Client addresses blocked for a minute after too many failed admin authentications.",
+)
+AUDIT_WRITE_FAILURES = Counter(
+    "clickky_audit_write_failures_total", "Audit records the SQL store did not accept."
+)
 
 
 def render(cluster: dict[str, float | None], *, multiprocess: bool) -> tuple[bytes, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,32 @@ class _Environment(Config):
             raise refuse(key, value, _KINDS.get(cast, "another value")) from None
 
 
+MIN_ADMIN_TOKEN = 32
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_admin_tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """ADMIN_TOKENS="name:sha256hex,..." into (name, hash) pairs; a bad entry names the variable.
+
+    A name (1-64 characters) may repeat: two hashes for one admin is how a token rotates.
+    """
+    pairs: list[tuple[str, str]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, _, digest = entry.rpartition(":")
+        digest = digest.strip().lower()
+        if not 0 < len(name.strip()) <= 64 or not _SHA256_HEX.fullmatch(digest):
+            raise refuse(
+                "ADMIN_TOKENS",
+                entry,
+                "name:sha256hex entries separated by commas"
+                " (`clickky admin-token --name NAME` prints one)",
+            )
+        pairs.append((name.strip(), digest))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     redis_url: str
@@ -59,6 +86,10 @@ class Settings:
     rate_limit_cps: int = 20
     join_rate_per_min: int = 30
     admin_token: str | None = None
+    # Named admins: (name, sha256 hex of the token). Only hashes live in the configuration.
+    admin_tokens: tuple[tuple[str, str], ...] = ()
+    # Failed admin authentications allowed per client address per minute, across instances.
+    admin_failures_per_min: int = 10
     secret_key: str | None = None
     # Every Redis key and channel starts with this, so several deployments (or
     # test runs) can share one Redis without seeing each other.
@@ -108,6 +139,8 @@ class Settings:
             rate_limit_cps=config("RATE_LIMIT_CPS", cast=int, default=20),
             join_rate_per_min=config("JOIN_RATE_PER_MIN", cast=int, default=30),
             admin_token=config("ADMIN_TOKEN", cast=str, default="") or None,
+            admin_tokens=parse_admin_tokens(config("ADMIN_TOKENS", cast=str, default="")),
+            admin_failures_per_min=config("ADMIN_FAILURES_PER_MIN", cast=int, default=10),
             secret_key=config("SECRET_KEY", cast=str, default="") or None,
             key_prefix=config("KEY_PREFIX", cast=str, default="clickky:"),
             log_level=config("LOG_LEVEL", cast=str, default="INFO").upper(),
@@ -136,6 +169,14 @@ class Settings:
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
         _url("REDIS_URL", self.redis_url, urls.check_redis_url, urls.REDIS_FORMS)
         _url("DATABASE_URL", self.database_url, urls.check_database_url, urls.DATABASE_FORMS)
+        _positive("ADMIN_FAILURES_PER_MIN", self.admin_failures_per_min)
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise refuse(
+                "ADMIN_TOKEN",
+                self.admin_token,
+                f"at least {MIN_ADMIN_TOKEN} characters (it has {len(self.admin_token)});"
+                " `clickky admin-token` prints a strong one",
+            )
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise refuse("LOG_LEVEL", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.log_format not in ("json", "text"):

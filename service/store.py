@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BATCH_ROWS = 1000
 
 
@@ -130,6 +130,19 @@ _MIGRATIONS: dict[int, list[str]] = {
         ){table}""",
     ],
     3: [],
+    # The admin audit log (service/audit.py): written directly, never through Redis.
+    4: [
+        """CREATE TABLE IF NOT EXISTS audit (
+            id {autoid},
+            at_ms BIGINT NOT NULL,
+            admin VARCHAR(64) {bin} NOT NULL,
+            action VARCHAR(32) NOT NULL,
+            username VARCHAR(64) {bin} NULL,
+            before_count BIGINT NULL,
+            after_count BIGINT NULL,
+            address VARCHAR(64) NOT NULL
+        ){table}""",
+    ],
 }
 
 # Columns a version adds to an existing table: (table, column, definition). Added
@@ -240,6 +253,11 @@ class Store:
             self._create_database()
         bin_collation = "COLLATE utf8mb4_bin" if self.is_mysql else ""
         table = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if self.is_mysql else ""
+        autoid = (
+            "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY"
+            if self.is_mysql
+            else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        )
         with self.connect() as conn:
             cursor = conn.cursor()
             cursor.execute(
@@ -251,7 +269,7 @@ class Store:
             current = int(row[0]) if row else 0
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[version]:
-                    cursor.execute(statement.format(bin=bin_collation, table=table))
+                    cursor.execute(statement.format(bin=bin_collation, table=table, autoid=autoid))
                 for name, column, definition in _COLUMNS.get(version, []):
                     self._add_column(cursor, name, column, definition)
             if current < SCHEMA_VERSION:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
@@ -97,6 +98,26 @@ def paging(query: Any, default_limit: int = 50) -> tuple[int, int]:
     if not 1 <= limit <= MAX_PAGE:
         raise invalid("invalid_paging", f"limit must be from 1 to {MAX_PAGE}.")
     return offset, limit
+
+
+# A Redis stream id: milliseconds, a dash, a sequence number.
+_STREAM_ID = re.compile(r"[0-9]{1,15}-[0-9]{1,10}")
+# An audit row id: digits that fit a signed 64-bit integer in either SQL dialect.
+_ROW_ID = re.compile(r"[0-9]{1,18}")
+
+
+def history_paging(query: Any, *, stream: bool) -> tuple[int, str | None]:
+    """limit 1..200 (default 50) and an optional `before` cursor: a row id, or a stream id."""
+    limit = _query_int(query, "limit", 50)
+    if not 1 <= limit <= MAX_PAGE:
+        raise invalid("invalid_paging", f"limit must be from 1 to {MAX_PAGE}.")
+    before = query.get("before")
+    if before is None or before == "":
+        return limit, None
+    if not (_STREAM_ID if stream else _ROW_ID).fullmatch(before):
+        shape = "a feed entry id like 1700000000000-0" if stream else "an audit record id"
+        raise invalid("invalid_paging", f"before must be {shape} (the previous page's next).")
+    return limit, str(before)
 
 
 def window(query: Any, allowed: tuple[str, ...] = tuple(WINDOWS)) -> str:

@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 
-ADMIN = {"Authorization": "Bearer admin-test-token"}
+# The fixtures' ADMIN_TOKEN: at least 32 characters, like every admin token.
+ADMIN_TOKEN = "admin-test-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Text that only shows up in a body when an exception leaked to the client.
 TRACE_MARKERS = ("Traceback", 'File "', "Exception", "Error:", "line ")
 

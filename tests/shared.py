@@ -33,7 +33,7 @@ async def shared_server(redis_url: str, directory: Path, **overrides: Any) -> As
         "key_prefix": prefix,
         "database_url": f"sqlite:///{directory / 'clickky.db'}",
         "secret_key": TEST_SECRET,
-        "admin_token": "admin-test-token",
+        "admin_token": "admin-test-token-0123456789abcdef",
         "join_rate_per_min": 100_000,
         "log_format": "text",
         "log_level": "WARNING",

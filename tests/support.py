@@ -259,9 +259,10 @@ class RedisServer:
 class Player:
     """A Socket.IO client that records every state message it receives."""
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, auth: Any = None) -> None:
         self.url = url
         self.token = token
+        self.auth = auth  # when set, sent as is (e.g. {"admin": ...}) instead of the token
         self.sio = socketio.AsyncClient(reconnection=False)
         self.states: list[dict[str, Any]] = []
         self.state_times: list[float] = []
@@ -282,7 +283,7 @@ class Player:
         self.events.append((event, args[0] if args else None))
 
     async def connect(self) -> Player:
-        auth = {"token": self.token} if self.token else None
+        auth = self.auth or ({"token": self.token} if self.token else None)
         await self.sio.connect(self.url, auth=auth, transports=["websocket"], wait_timeout=10)
         return self
 

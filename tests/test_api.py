@@ -465,10 +465,10 @@ async def test_stats_refuses_an_unknown_window(http: httpx.AsyncClient, window: 
     ("headers", "status", "code"),
     [
         ({}, 401, "unauthorized"),
-        ({"Authorization": "Basic admin-test-token"}, 401, "unauthorized"),
+        ({"Authorization": "Basic admin-test-token-0123456789abcdef"}, 401, "unauthorized"),
         ({"Authorization": "Bearer wrong"}, 403, "forbidden"),
-        ({"Authorization": "Bearer admin-test-token-and-more"}, 403, "forbidden"),
-        ({"Authorization": "Bearer ADMIN-TEST-TOKEN"}, 403, "forbidden"),
+        ({"Authorization": "Bearer admin-test-token-0123456789abcdef-and-more"}, 403, "forbidden"),
+        ({"Authorization": "Bearer ADMIN-TEST-TOKEN-0123456789ABCDEF"}, 403, "forbidden"),
     ],
 )
 @shared_loop

@@ -89,7 +89,7 @@ async def test_admin_edit_reaches_the_player_live(server, client: httpx.AsyncCli
     token = await join(client, "Dee")
     player = await Player(server.url, token).connect()
     try:
-        headers = {"Authorization": "Bearer admin-test-token"}
+        headers = {"Authorization": "Bearer admin-test-token-0123456789abcdef"}
         response = await client.put("/api/admin/users/dee", json={"count": 42}, headers=headers)
         assert response.status_code == 200
         await eventually(lambda: {"count": 42} in player.you, timeout=3)

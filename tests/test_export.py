@@ -1,4 +1,4 @@
-"""Exports: a day's minutes, breakdowns and users, partitioned, read back with pandas."""
+"""Exports: a day's minutes, breakdowns, users and audit log, partitioned, read with pandas."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from service.audit import AuditLog, Record
 from service.store import Cut, Store, UserRow
 from worker.cli import main
 from worker.export import ExportError, export_day, parse_day, partition
@@ -38,6 +39,10 @@ def store(store_url: str) -> Store:
         ),
         fence=1,
     )
+    audit = AuditLog(result)
+    audit.insert(Record("eve", "edit", "10.0.0.9", "Ann", 1, 7, at_ms=(START - 1) * 1000))
+    audit.insert(Record("ada", "edit", "10.0.0.1", "Ann", 2, 7, at_ms=START * 1000 + 10))
+    audit.insert(Record("bob", "delete", "10.0.0.2", "Cy", 5, None, at_ms=START * 1000 + 20))
     return result
 
 
@@ -54,6 +59,10 @@ def test_parquet_round_trips_through_pandas(store: Store, tmp_path: Path) -> Non
     assert by_key == {("country", "FR"): 10, ("device", "desktop"): 4, ("device", "mobile"): 6}
     users = pd.read_parquet(out / "users")
     assert dict(zip(users["username"], users["count"], strict=True)) == {"Ann": 7, "Bo": 3}
+    audit = pd.read_parquet(out / "audit")  # that day's admin actions only, oldest first
+    assert audit["admin"].tolist() == ["ada", "bob"]
+    assert audit["before"].tolist() == [2, 5] and audit["after"].iloc[0] == 7
+    assert pd.isna(audit["after"].iloc[1])
 
 
 def test_csv_has_the_same_rows(store: Store, tmp_path: Path) -> None:
@@ -64,6 +73,11 @@ def test_csv_has_the_same_rows(store: Store, tmp_path: Path) -> None:
     breakdowns = pd.read_csv(files["breakdowns"])
     assert breakdowns["clicks"].sum() == 20
     assert pd.read_csv(files["users"])["count"].tolist() == [7, 3]
+    audit = pd.read_csv(files["audit"])
+    assert audit[["admin", "action", "username"]].values.tolist() == [
+        ["ada", "edit", "Ann"],
+        ["bob", "delete", "Cy"],
+    ]
 
 
 def test_exporting_a_day_twice_replaces_it(store: Store, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_casts_and_normalisation() -> None:
             "BROADCAST_INTERVAL_MS": "250",
             "RATE_LIMIT_CPS": "7",
             "JOIN_RATE_PER_MIN": "3",
-            "ADMIN_TOKEN": "sesame",
+            "ADMIN_TOKEN": "sesame-sesame-sesame-sesame-sesame",
             "SECRET_KEY": "k",
             "KEY_PREFIX": "staging:",
             "LOG_LEVEL": "debug",
@@ -54,7 +54,10 @@ def test_casts_and_normalisation() -> None:
     assert settings.snapshot_interval_s == 2.5
     assert settings.broadcast_interval_ms == 250 and settings.tick_s == 0.25
     assert (settings.rate_limit_cps, settings.join_rate_per_min) == (7, 3)
-    assert (settings.admin_token, settings.secret_key) == ("sesame", "k")
+    assert (settings.admin_token, settings.secret_key) == (
+        "sesame-sesame-sesame-sesame-sesame",
+        "k",
+    )
     assert settings.key_prefix == "staging:"
     assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
     assert settings.max_body_bytes == 1024
@@ -92,6 +95,12 @@ def test_settings_are_immutable() -> None:
         ("EXPORT_HOUR", "24"),
         ("EXPORT_HOUR", "-1"),
         ("EXPORT_FORMAT", "json"),
+        ("ADMIN_TOKEN", "x" * 31),
+        ("ADMIN_TOKENS", "alice"),
+        ("ADMIN_TOKENS", "alice:" + "0" * 63),
+        ("ADMIN_TOKENS", ":" + "0" * 64),
+        ("ADMIN_TOKENS", "n" * 65 + ":" + "0" * 64),
+        ("ADMIN_FAILURES_PER_MIN", "0"),
     ],
 )
 def test_unusable_values_are_refused_naming_the_variable(variable: str, value: str) -> None:
@@ -160,3 +169,16 @@ def test_load_ends_the_process_with_the_refusal(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err == "clickky: JOIN_RATE_PER_MIN='-3' is not accepted: a positive number\n"
+
+
+def test_named_admin_tokens_are_name_and_hash_pairs() -> None:
+    alice, rotated = "a" * 64, "B" * 64
+    settings = Settings.from_environ(
+        {"ADMIN_TOKENS": f" alice:{alice}, bob smith:{'c' * 64},alice:{rotated},"}
+    )
+    assert settings.admin_tokens == (
+        ("alice", alice),
+        ("bob smith", "c" * 64),
+        ("alice", "b" * 64),
+    )
+    assert Settings.from_environ({}).admin_tokens == ()

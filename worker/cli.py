@@ -158,9 +158,9 @@ def _export(args: argparse.Namespace) -> int:
 def add_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "export",
-        help="write one day's minutes, breakdowns and users from the SQL store",
+        help="write one day's minutes, breakdowns, users and audit log from the SQL store",
         description=(
-            "Write OUT/{minutes,breakdowns,users}/year=YYYY/month=MM/day=DD/<table>.<format> "
+            "Write OUT/{minutes,breakdowns,users,audit}/year=YYYY/month=MM/day=DD/<table>.<format> "
             "from DATABASE_URL, so pandas.read_parquet(OUT/'minutes') reads every day."
         ),
     )
@@ -185,12 +185,41 @@ def add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_worker)
 
 
+def _admin_token(args: argparse.Namespace) -> int:
+    from service.admin import hash_token, new_token
+
+    token = new_token()
+    if args.name is None:
+        print(token)
+        return 0
+    name = args.name.strip()
+    if not name or "," in name:
+        raise SystemExit("clickky admin-token: --name must be non-empty and without commas")
+    print(f"token (give it to {name}; it is shown only once): {token}")
+    print(f"ADMIN_TOKENS entry (add it, comma-separated): {name}:{hash_token(token)}")
+    return 0
+
+
+def add_admin_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "admin-token",
+        help="print a new random admin token (and its ADMIN_TOKENS entry with --name)",
+        description=(
+            "Print a new random admin token (43 characters, 256 bits) for ADMIN_TOKEN. With "
+            "--name, also print the name:sha256 entry for ADMIN_TOKENS, which holds only hashes."
+        ),
+    )
+    parser.add_argument("--name", help="the admin's name, as the audit log will show it")
+    parser.set_defaults(handler=_admin_token)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     add_run,
     add_stack,
     add_loadtest,
     add_export,
     add_worker,
+    add_admin_token,
 ]
 
 

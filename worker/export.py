@@ -1,4 +1,4 @@
-"""Daily exports for offline analysis: one UTC day's minutes, breakdowns and users.
+"""Daily exports for offline analysis: one UTC day's minutes, breakdowns, users and audit log.
 
 Files land under OUT/<table>/year=YYYY/month=MM/day=DD/<table>.<csv|parquet>, so
 `pandas.read_parquet(OUT / "minutes")` reads every exported day at once.
@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from service.audit import AuditLog
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def partition(out: Path, table: str, day: date) -> Path:
 
 
 def export_day(store: Store, day: date, fmt: str, out: Path) -> dict[str, Path]:
-    """Write the day's three tables; returns {table: file}. Rewriting a day replaces it."""
+    """Write the day's four tables; returns {table: file}. Rewriting a day replaces it."""
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}")
     start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
@@ -57,6 +58,26 @@ def export_day(store: Store, day: date, fmt: str, out: Path) -> dict[str, Path]:
             [
                 (name, count, datetime.fromtimestamp(ms / 1000, UTC))
                 for name, count, ms in store.all_users()
+            ],
+        ),
+        # The admin actions of that day, oldest first.
+        "audit": (
+            ["at", "admin", "action", "username", "before", "after", "address"],
+            [
+                (
+                    datetime.fromtimestamp(r.at_ms / 1000, UTC),
+                    r.admin,
+                    r.action,
+                    r.username,
+                    r.before,
+                    r.after,
+                    r.address,
+                )
+                for r in reversed(
+                    AuditLog(store).rows(
+                        10**9, start_ms=start * 1000, end_ms=(start + 86400) * 1000
+                    )
+                )
             ],
         ),
     }

@@ -20,6 +20,7 @@ import pymysql
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
+from service.activity import Feed
 from service.connection import connect_redis
 from service.keys import Keys
 from service.logs import configure_logging
@@ -61,6 +62,8 @@ class Worker:
         self.guard_interval_s = ttl / 4
         self.snapshotter = Snapshotter(self.redis, self.keys, self.store)
         self.restorer = Restorer(self.redis, self.keys, self.store)
+        # The admins' live feed: lease takeovers, restores and failed snapshots.
+        self.feed = Feed(self.redis, self.keys, self.worker_id)
         self.scheduler = AsyncIOScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
@@ -97,7 +100,10 @@ class Worker:
     async def guard(self) -> None:
         """Keep (or take) the lease, report health, and start a restore if Redis lost data."""
         try:
+            had_lease = self.lease.fence is not None
             leader = await self.lease.keep()
+            if leader and not had_lease:
+                await self.feed.add("lease", worker=self.worker_id, fence=self.lease.fence)
             now_ms = int(time.time() * 1000)
             health = {"worker": self.worker_id, "leader": leader, "at": now_ms}
             ttl_s = max(10, int(self.guard_interval_s * 4))
@@ -147,7 +153,10 @@ class Worker:
                     log.error("not restoring: %s", refusal(policy or ""))
                     return None
                 await self._fence()
-                return await self.restorer.run(lambda: self.lease.held)
+                restored = await self.restorer.run(lambda: self.lease.held)
+                if restored is not None:
+                    await self.feed.add("restore", users=restored, worker=self.worker_id)
+                return restored
         except OUTSIDE_ERRORS as exc:
             log.warning("restore attempt failed (%s); retrying on the next check", exc)
             return None
@@ -225,6 +234,7 @@ class Worker:
                 self.keys.snapshot_status,
                 mapping={"failures": self.failures, "last_error": error[:500]},
             )
+        await self.feed.add("snapshot_failed", error=error[:300], failures=self.failures)
         if not self._closed:
             self.scheduler.add_job(
                 self.snapshot,

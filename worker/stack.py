@@ -475,9 +475,10 @@ def plan_environment(environ: Mapping[str, str], defaults: Mapping[str, str] | N
     env.setdefault("LOG_FORMAT", "text")
     # Children write into our pipes: unbuffered, so their lines show up as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
-    generated = not env.get("ADMIN_TOKEN")
+    # Named admins (ADMIN_TOKENS) need no made-up token beside them.
+    generated = not env.get("ADMIN_TOKEN") and not env.get("ADMIN_TOKENS")
     if generated:
-        env["ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+        env["ADMIN_TOKEN"] = secrets.token_urlsafe(32)  # 43 characters; 32 is the minimum
     redis_url = env.get("REDIS_URL") or None
     return Plan(env, redis_url, redis_url is None, generated)
 
@@ -576,7 +577,8 @@ def _summary(plan: Plan, lines: list[tuple[str, str]], footer: str) -> str:
             "  (generated for this run, for local use only; set ADMIN_TOKEN to choose one)"
         )
     else:
-        token = "from ADMIN_TOKEN (not shown)"
+        given = [name for name in ("ADMIN_TOKEN", "ADMIN_TOKENS") if plan.env.get(name)]
+        token = f"from {' and '.join(given)} (not shown)"
     rows.append(("admin token", token))
     body = "\n".join(f"  {name:<12} {value}" for name, value in rows)
     return f"\nClickky is running:\n{body}\n{footer}\n"

@@ -25,4 +25,4 @@ redis.call('HDEL', KEYS[10], ARGV[1])
 if nonce then
   redis.call('HSET', KEYS[9], nonce, ARGV[1])
 end
-return {'ok', display, global, nonce}
+return {'ok', display, global, nonce, old}

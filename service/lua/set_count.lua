@@ -15,4 +15,5 @@ local count = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], count, display)
 local global = redis.call('INCRBY', KEYS[3], count - old)
 redis.call('SADD', KEYS[4], ARGV[1])
-return {'ok', display, global, redis.call('HGET', KEYS[6], ARGV[1])}
+-- The old count goes back too: the audit log records before and after.
+return {'ok', display, global, redis.call('HGET', KEYS[6], ARGV[1]), old}

@@ -17,7 +17,7 @@ from tests.system.browser_support import DESKTOP, PHONE, Watch, chromium_path, l
 
 pytestmark = pytest.mark.system
 
-ADMIN_TOKEN = "admin-test-token"  # the stack fixture's
+ADMIN_TOKEN = "admin-test-token-0123456789abcdef"  # the stack fixture's
 
 
 class Chrome:
@@ -427,3 +427,54 @@ async def test_pages_load_nothing_from_other_hosts(stack: Stack, chrome: Chrome)
             assert url.startswith(f"{instance.url}/static/"), url
     assert chrome.watch.requests >= 8  # pages, assets, API calls and websockets were seen
     chrome.watch.assert_clean()
+
+
+async def test_dashboard_feed_shows_joins_edits_and_milestones_live(
+    stack: Stack, chrome: Chrome
+) -> None:
+    dash_instance, player_instance = stack.instance(), stack.instance()
+    dash = await chrome.page(dash_instance)
+    await dash.goto("/dashboard")
+    await dash.get_by_label("Admin token").fill(ADMIN_TOKEN)
+    await dash.get_by_role("button", name="Sign in").click()
+    feed = dash.get_by_test_id("feed")
+    await expect(dash.get_by_test_id("card-users")).to_have_text("0")
+    await expect(dash.locator("#status")).to_contain_text("Live")
+
+    # Every frame the player's socket receives, to prove the feed never reaches it.
+    player = await chrome.page(player_instance)
+    frames: list[str] = []
+    player.on(
+        "websocket",
+        lambda ws: ws.on("framereceived", lambda data: frames.append(str(data))),
+    )
+    await join(player, "Feedy")
+    await expect(feed.locator("li").first).to_contain_text("Feedy joined")
+
+    await admin_set(player_instance, "Feedy", 999)
+    await expect(feed.locator("li").first).to_contain_text(
+        "admin set Feedy from 0 to 999 from 127.0.0.1"
+    )
+    await expect(count_of(player)).to_have_text("999")
+    await button(player).click()
+    await expect(feed.locator("li").first).to_contain_text("The global count passed 1,000")
+    await expect(feed.locator("li")).to_have_count(3)
+    assert await server_count(player_instance, "Feedy") == 1000
+
+    # The player's socket saw ticks and the milestone, but no activity event.
+    assert any('"state"' in frame for frame in frames)
+    assert any('"milestone"' in frame for frame in frames)
+    assert not any('"activity"' in frame for frame in frames)
+
+    # After a reload the history comes back from the server, newest first, a page at a
+    # time (30 entries): the oldest entry is one "Older activity" click away.
+    for i in range(30):
+        await http_player(dash_instance, f"Later{i}", 0)
+    await expect(feed.locator("li").first).to_contain_text("Later29 joined")
+    await dash.reload()
+    await expect(feed.locator("li")).to_have_count(30)
+    await expect(feed.locator("li").first).to_contain_text("Later29 joined")
+    await dash.get_by_role("button", name="Older activity").click()
+    await expect(feed.locator("li")).to_have_count(33)
+    await expect(feed.locator("li").last).to_contain_text("Feedy joined")
+    await expect(dash.get_by_role("button", name="Older activity")).to_be_hidden()

@@ -1,5 +1,6 @@
 // The admin dashboard: sign in with the admin token, live cards, the clicks
-// chart, audience breakdowns and the whole player table (search, edit, delete).
+// chart, audience breakdowns, the whole player table (search, edit, delete) and the
+// live activity feed (sent only to admin sockets, paged back over HTTP).
 import "uplot/dist/uPlot.min.css";
 import "./styles/dashboard.css";
 import { ApiError, api } from "./lib/api.js";
@@ -11,6 +12,7 @@ import { milestoneText, toast } from "./lib/toast.js";
 const TOKEN_KEY = "clickky.admin"; // sessionStorage: the token lives as long as this tab
 const PAGE_SIZE = 20;
 const STATUS_POLL_MS = 5000;
+const FEED_PAGE = 30;
 const TABLE_REFRESH_MS = 1000; // at most this often after a tick, so the table stays live
 const DIMENSIONS = [
   ["device", "Devices"],
@@ -52,6 +54,9 @@ const ui = {
   confirm: $("confirm"),
   confirmText: $("confirm-text"),
   toasts: $("toasts"),
+  feed: $("feed"),
+  feedEmpty: $("feed-empty"),
+  feedOlder: $("feed-older"),
 };
 
 let token = sessionStorage.getItem(TOKEN_KEY);
@@ -63,7 +68,10 @@ let signedIn = false;
 const live = new Live({
   state: onState,
   status: (name) => showStatus(ui.status, name),
+  connected: () => loadFeed(null),
+  forbidden: () => signOut("The admin token is no longer accepted. Sign in again."),
   event: (name, data) => {
+    if (name === "activity") return addFeed([data], true);
     if (name !== "milestone") return;
     const text = milestoneText(data, null);
     if (text) toast(ui.toasts, text, { kind: "party", icon: "🎉" });
@@ -117,7 +125,7 @@ async function signIn(candidate) {
   ui.status.hidden = false;
   ui.signout.hidden = false;
   gotStatus(status);
-  live.start(null);
+  live.start(null, { admin: token }); // an admin socket: it also receives the activity feed
   chart.load();
   loadTable();
   loadBreakdowns();
@@ -137,6 +145,9 @@ function signOut(message) {
   ui.signout.hidden = true;
   ui.signin.hidden = false;
   ui.usersBody.replaceChildren();
+  ui.feed.replaceChildren();
+  feedIds.clear();
+  feedNext = null;
   shownRows = "";
   signinError(message);
   if (!message) ui.token.focus();
@@ -533,6 +544,73 @@ function breakdownPanel([dimension, title], entries) {
   }
   panel.append(list);
   return panel;
+}
+
+// -- activity feed ----------------------------------------------------------------------------
+const feedIds = new Set(); // entries shown, by stream id: a reconnect's reload adds no duplicates
+let feedNext = null; // the cursor of the next older page, null at the end of the history
+
+ui.feedOlder.addEventListener("click", () => loadFeed(feedNext));
+
+/** The newest page (on every (re)connect, filling any gap), or the page before `before`. */
+async function loadFeed(before) {
+  const query = `limit=${FEED_PAGE}` + (before ? `&before=${encodeURIComponent(before)}` : "");
+  try {
+    const page = await admin(`/api/admin/activity?${query}`);
+    if (before || feedNext === null) feedNext = page.next;
+    addFeed(page.entries, false);
+  } catch {
+    // the sign-out (or the live events) tell the rest
+  }
+}
+
+/** Show entries, newest first; live ones go on top, paged ones where their id says. */
+function addFeed(entries, live) {
+  for (const entry of entries) {
+    if (!entry?.id || feedIds.has(entry.id)) continue;
+    feedIds.add(entry.id);
+    const item = el("li");
+    item.dataset.kind = entry.kind;
+    item.dataset.id = entry.id;
+    const at = new Date(entry.at_ms);
+    const time = el("time", null, at.toLocaleTimeString([], { hour12: false }));
+    time.dateTime = at.toISOString();
+    item.append(time, el("span", "feed-text", feedText(entry)));
+    const after = live ? ui.feed.firstElementChild : [...ui.feed.children].find((li) => olderId(li.dataset.id, entry.id));
+    ui.feed.insertBefore(item, after ?? null);
+  }
+  ui.feedEmpty.hidden = ui.feed.children.length > 0;
+  ui.feedOlder.hidden = !feedNext;
+}
+
+/** True when stream id a ("ms-seq") is older than b. */
+function olderId(a, b) {
+  const [am, as] = a.split("-").map(Number);
+  const [bm, bs] = b.split("-").map(Number);
+  return am < bm || (am === bm && as < bs);
+}
+
+function feedText(e) {
+  switch (e.kind) {
+    case "join":
+      return `${e.username} joined`;
+    case "milestone":
+      return `The global count passed ${num(e.value)} (${e.username}'s click)`;
+    case "admin":
+      return e.action === "delete"
+        ? `${e.admin} deleted ${e.username} (had ${num(e.before)}) from ${e.address}`
+        : `${e.admin} set ${e.username} from ${num(e.before)} to ${num(e.after)} from ${e.address}`;
+    case "login_blocked":
+      return `Failed admin logins blocked for a minute from ${e.address}`;
+    case "restore":
+      return `Counts restored from the last snapshot (${plural(e.users, "user")})`;
+    case "lease":
+      return `Worker ${e.worker} took over the snapshot lease (fence ${e.fence})`;
+    case "snapshot_failed":
+      return `Snapshot failed (${plural(e.failures, "time")} in a row): ${e.error}`;
+    default:
+      return e.kind;
+  }
 }
 
 // -- start ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ const RETRY_MAX_MS = 4000;
 
 export class Live {
   /**
-   * handlers: state(body), status(name), event(name, data), invalidToken(), connected()
+   * handlers: state(body), status(name), event(name, data), invalidToken(), forbidden(),
+   * connected()
    * All optional.
    */
   constructor(handlers = {}) {
@@ -32,8 +33,8 @@ export class Live {
     return Boolean(this.socket?.connected);
   }
 
-  /** (Re)connect, as a player with this token or as a spectator with none. */
-  start(token = null) {
+  /** (Re)connect, as a player with this token or as a spectator with none; `auth` overrides. */
+  start(token = null, auth = null) {
     this.token = token;
     this.lastTick = -1;
     clearTimeout(this.retryTimer);
@@ -45,7 +46,7 @@ export class Live {
     // Websocket only: the server refuses long-polling (no sticky sessions needed).
     const socket = io({
       transports: ["websocket"],
-      auth: token ? { token } : undefined,
+      auth: auth ?? (token ? { token } : undefined),
       reconnectionDelay: RETRY_MIN_MS,
       reconnectionDelayMax: RETRY_MAX_MS,
       timeout: 5000,
@@ -80,6 +81,10 @@ export class Live {
   #refused(err) {
     if (err?.message === "invalid_token") {
       this.handlers.invalidToken?.(err.data);
+      return;
+    }
+    if (err?.message === "forbidden" && this.handlers.forbidden) {
+      this.handlers.forbidden(err.data);
       return;
     }
     if (!this.socket) return;
