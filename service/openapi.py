@@ -74,8 +74,34 @@ ADMIN_ERRORS = _errors(
     {
         "401": "unauthorized (no bearer token)",
         "403": "admin_disabled (ADMIN_TOKEN unset), forbidden",
+        "429": "rate_limited (too many failed admin logins from this address; Retry-After)",
     }
 )
+
+NULLABLE_INT = {"type": ["integer", "null"]}
+HISTORY_LIMIT = _query("limit", {**INT, "minimum": 1, "maximum": MAX_PAGE, "default": 50}, "size")
+
+
+def _history(summary: str, before: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A newest-first page of an admin history with its `next` cursor."""
+    return {
+        "summary": summary,
+        "security": ADMIN,
+        "parameters": [HISTORY_LIMIT, _query("before", STR, before)],
+        "responses": {
+            **_ok(
+                "the page, newest first",
+                _object(
+                    ["entries", "next"],
+                    entries={"type": "array", "items": entry},
+                    next={"type": ["string", "null"]},
+                ),
+            ),
+            **ADMIN_ERRORS,
+            **_errors({"422": "invalid_paging"}),
+        },
+    }
+
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -319,7 +345,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             ),
             **ADMIN_ERRORS,
             **_errors(
-                {"404": "not_found", "422": "invalid_count, invalid_json", "503": "restoring"}
+                {
+                    "404": "not_found",
+                    "422": "invalid_count, invalid_json",
+                    "503": "restoring, unavailable, audit_unavailable",
+                }
             ),
         },
     },
@@ -330,9 +360,30 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {
             **_ok("deleted", _object(["username", "global"], username=STR, **{"global": INT})),
             **ADMIN_ERRORS,
-            **_errors({"404": "not_found", "503": "restoring, unavailable"}),
+            **_errors({"404": "not_found", "503": "restoring, unavailable, audit_unavailable"}),
         },
     },
+    ("GET", "/api/admin/audit"): _history(
+        "The admin audit log: edits, deletes and blocked login bursts",
+        "an audit record id: the previous page's next",
+        _object(
+            ["id", "admin", "action", "address", "username", "before", "after", "at_ms", "at"],
+            id=INT,
+            admin=STR,
+            action={"enum": ["edit", "delete", "login_blocked"]},
+            address=STR,
+            username={"type": ["string", "null"]},
+            before=NULLABLE_INT,
+            after=NULLABLE_INT,
+            at_ms=INT,
+            at={**STR, "format": "date-time"},
+        ),
+    ),
+    ("GET", "/api/admin/activity"): _history(
+        "The admins' activity feed: joins, milestones, admin actions, restores, leases",
+        "a feed entry id like 1700000000000-0: the previous page's next",
+        _object(["id", "kind", "at_ms"], id=STR, kind=STR, at_ms=INT),
+    ),
     ("GET", "/healthz"): {
         "summary": "200 while the process runs",
         "responses": _ok("alive", _object(["status"], status={"const": "alive"})),
