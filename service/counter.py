@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from service.breakdown import DIMENSIONS, Profile
-from service.errors import ApiError, invalid_token, restoring
+from service.errors import ApiError, count_limit, invalid_token, restoring
 from service.keys import Keys
 from service.tokens import Player
 from service.validation import WINDOWS
@@ -165,6 +165,8 @@ class Counter:
         outcome = as_text(reply[0])
         if outcome == "token":
             raise invalid_token()
+        if outcome == "limit":
+            raise count_limit()
         if outcome == "rate":
             wait_ms = int(reply[1])
             if wait_ms < 0:  # the callers' validation refuses such an n before it gets here
@@ -287,6 +289,8 @@ class Counter:
             raise ApiError(404, "not_found", "No user by that name.")
         if outcome == "restoring":
             raise restoring()
+        if outcome == "limit":
+            raise count_limit()
         nonce = as_text(reply[3]) if reply[3] is not None else None
         return AdminResult(
             username=as_text(reply[1]), global_count=int(reply[2]), nonce=nonce, count=count

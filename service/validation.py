@@ -18,9 +18,9 @@ MAX_SEARCH = 50
 # Bucket widths keep every window to at most a few hundred points.
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
 _PUNCTUATION = {" ", "_", "-", "."}
-# Counts live in sorted-set scores, doubles exact up to 2**53; an admin may set a
-# count far below that, so clicks on top of it stay exact.
-_MAX_COUNT = 10**12
+# Counts live in sorted-set scores, doubles exact up to 2**53, and the page shows
+# them as JavaScript numbers: every count is a JS safe integer.
+MAX_COUNT = 2**53 - 1
 
 
 def canonical(name: str) -> str:
@@ -120,8 +120,8 @@ def admin_count(payload: Any) -> int:
     if not isinstance(payload, dict) or "count" not in payload:
         raise invalid("invalid_count", 'body must be an object like {"count": 0}.')
     count = strict_int(payload["count"])
-    if count is None or not 0 <= count <= _MAX_COUNT:
-        raise invalid("invalid_count", f"count must be an integer from 0 to {_MAX_COUNT}.")
+    if count is None or not 0 <= count <= MAX_COUNT:
+        raise invalid("invalid_count", f"count must be an integer from 0 to {MAX_COUNT}.")
     return count
 
 

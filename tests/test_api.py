@@ -516,7 +516,19 @@ async def test_admin_set_count_keeps_the_invariant(client: httpx.AsyncClient) ->
 
 @pytest.mark.parametrize(
     "body",
-    [{"count": -1}, {"count": "5"}, {"count": 1.5}, {"count": True}, {"count": None}, {}, [5], 5],
+    [
+        {"count": -1},
+        {"count": "5"},
+        {"count": 1.5},
+        {"count": True},
+        {"count": None},
+        {},
+        [5],
+        5,
+        {"count": 2**53},
+        {"count": 2**64},
+        {"count": 10**400},
+    ],
 )
 @shared_loop
 async def test_admin_set_refuses_a_bad_count(http: httpx.AsyncClient, player, body: Any) -> None:

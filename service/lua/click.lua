@@ -14,20 +14,49 @@
 -- ARGV: limit window_ms, then per entry: canon display nonce n device browser platform
 --       country
 -- Returns per entry: {'ok', user, global, rank, global_milestone, personal_milestone},
---       {'token'} or {'rate', retry_ms}
+--       {'token'}, {'rate', retry_ms} or {'limit'} (the user's count would pass 2^53 - 1);
+--       global and global_milestone are decimal strings (exact past 2^53)
 local COMMON, FIELDS = 17, 8
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local restored = redis.call('EXISTS', KEYS[8]) == 1
--- The global count as this call moves it; written back once at the end.
-local global = tonumber(redis.call('GET', KEYS[4]) or '0')
+-- The global count as this call moves it; written back once at the end. Lua
+-- numbers are doubles, exact only to 2^53, so it is kept as Redis's decimal
+-- string split into a high part and its last nine digits, both exact.
+local global_text = redis.call('GET', KEYS[4]) or '0'
+local global_high = tonumber(string.sub(global_text, 1, -10)) or 0
+local global_low = tonumber(string.sub(global_text, -9))
+-- A user's count is a sorted-set score, a double: it stops at 2^53 - 1.
+local MAX_COUNT = 9007199254740991
 local added = 0
 local tallies = {{}, {}, {}, {}}  -- per breakdown dimension: value -> clicks
 
 -- A milestone is crossed when the count passes a power of ten (global from
 -- 1,000, personal from 100). Each value is announced once: the highest one
 -- announced is remembered, so a count that drops and climbs again is quiet.
+-- The global count after `plus` more clicks than at the start of the call, as
+-- an exact decimal string.
+local function global_after(plus)
+  local low = global_low + plus
+  local high = global_high + math.floor(low / 1e9)
+  low = low % 1e9
+  if high > 0 then
+    return string.format('%d%09d', high, low)
+  end
+  return string.format('%d', low)
+end
+
+-- The power of ten (from 1,000) passed between two global counts given as
+-- strings: a batch of at most 50 clicks passes one at most, when it adds a
+-- digit. Returned as a string, 0 when none.
+local function crossed_global(before, after)
+  if #after > #before and #after >= 4 then
+    return '1' .. string.rep('0', #after - 1)
+  end
+  return 0
+end
+
 local function crossed(before, after, first)
   local m = first
   while m <= after do
@@ -91,6 +120,9 @@ local function click(rate_key, canon, display, nonce, n, profile)
     -- is counted from here on. Such clicks announce no milestones.
     provisional = true
   end
+  if tonumber(redis.call('ZSCORE', KEYS[3], display) or '0') + n > MAX_COUNT then
+    return {'limit'}
+  end
   local wait = rate_limited(rate_key, n)
   if wait then
     return {'rate', wait}
@@ -102,8 +134,9 @@ local function click(rate_key, canon, display, nonce, n, profile)
     redis.call('SADD', KEYS[9], canon)
   end
   local user = redis.call('ZINCRBY', KEYS[3], n, display)
-  global = global + n
+  local global_before = global_after(added)
   added = added + n
+  local global = global_after(added)
   redis.call('SADD', KEYS[7], canon)
   for i = 1, 4 do
     tallies[i][profile[i]] = (tallies[i][profile[i]] or 0) + n
@@ -112,11 +145,12 @@ local function click(rate_key, canon, display, nonce, n, profile)
 
   local global_milestone, personal_milestone = 0, 0
   if not provisional then
-    global_milestone = crossed(global - n, global, 1000)
+    global_milestone = crossed_global(global_before, global)
     personal_milestone = crossed(tonumber(user) - n, tonumber(user), 100)
   end
-  if global_milestone > 0 then
-    if tonumber(redis.call('GET', KEYS[16]) or '0') < global_milestone then
+  if global_milestone ~= 0 then
+    -- Powers of ten are exact doubles up to 1e22, so this comparison is exact.
+    if tonumber(redis.call('GET', KEYS[16]) or '0') < tonumber(global_milestone) then
       redis.call('SET', KEYS[16], global_milestone)
     else
       global_milestone = 0
