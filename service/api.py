@@ -18,6 +18,7 @@ from service import metrics, validation
 from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
+from service.junk import number
 from service.tokens import Player
 
 if TYPE_CHECKING:
@@ -208,12 +209,13 @@ async def _tell_player(rt: Runtime, canon: str, nonce: str | None, data: dict[st
 
 
 def _snapshot_view(status: dict[str, str], now_ms: int) -> dict[str, Any]:
-    last_ok = int(status["last_ok_ms"]) if "last_ok_ms" in status else None
+    # The worker writes these fields; anything else found there is dropped as junk.
+    last_ok = number(status.get("last_ok_ms"), int, "snapshot_status")
     return {
         "age_s": round((now_ms - last_ok) / 1000, 1) if last_ok else None,
-        "duration_s": float(status["duration_s"]) if "duration_s" in status else None,
-        "rows": int(status["rows"]) if "rows" in status else None,
-        "failures": int(status.get("failures", "0")),
+        "duration_s": number(status.get("duration_s"), float, "snapshot_status"),
+        "rows": number(status.get("rows"), int, "snapshot_status"),
+        "failures": number(status.get("failures"), int, "snapshot_status") or 0,
         "last_error": status.get("last_error") or None,
     }
 

@@ -51,6 +51,11 @@ PUBSUB_UP = Gauge(
     multiprocess_mode="livemin",
 )
 PUBSUB_RECONNECTS = Counter("clickky_pubsub_reconnects_total", "Pub/sub (re)subscriptions.")
+REDIS_JUNK = Counter(
+    "clickky_redis_junk_total",
+    "Messages or fields read from Redis that were not what we write, dropped; by where and why.",
+    ["where", "reason"],
+)
 HTTP_ERRORS = Counter("clickky_http_errors_total", "HTTP error responses, by code.", ["code"])
 
 

@@ -595,6 +595,25 @@ async def test_readyz_reports_its_checks(server, client: httpx.AsyncClient) -> N
     assert "error" not in body
 
 
+async def test_junk_in_the_snapshot_status_is_dropped(
+    server, client: httpx.AsyncClient, redis, keys
+) -> None:
+    junk = {"last_ok_ms": "soon", "duration_s": "nan", "rows": "1e999", "failures": "[]"}
+    await redis.hset(keys.snapshot_status, mapping=junk)
+    await eventually(lambda: server.runtime.bus.healthy, timeout=10)
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["snapshot"] == {
+        "age_s": None,
+        "duration_s": None,
+        "rows": None,
+        "failures": 0,
+        "last_error": None,
+    }
+    assert (await client.get("/metrics")).status_code == 200
+    assert (await client.get("/api/admin/status", headers=ADMIN)).status_code == 200
+
+
 async def test_metrics_are_prometheus_text(server, client: httpx.AsyncClient) -> None:
     token = await join(client, "Ann")
     await click(client, token, 3)
