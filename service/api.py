@@ -19,6 +19,7 @@ from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
 from service.junk import number
+from service.names import lookup
 from service.tokens import Player
 
 if TYPE_CHECKING:
@@ -191,11 +192,16 @@ async def admin_status(request: Request) -> Response:
 
 
 def _named_user(request: Request) -> tuple[str, str]:
-    """(display, canonical) of the name in the path; a name that cannot exist is a 404."""
-    try:
-        return validation.username(request.path_params["username"])
-    except ApiError:
-        raise ApiError(404, "not_found", "No user by that name.") from None
+    """(name, canonical) of the name in the path; a name that cannot exist is a 404.
+
+    Looked up leniently (service/names.py): a grandfathered name that today's rules
+    would refuse at join is still found, edited and deleted.
+    """
+    raw = request.path_params["username"]
+    canon = lookup(raw)
+    if canon is None:
+        raise ApiError(404, "not_found", "No user by that name.")
+    return raw, canon
 
 
 async def _tell_player(rt: Runtime, canon: str, nonce: str | None, data: dict[str, Any]) -> None:

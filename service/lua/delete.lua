@@ -2,7 +2,8 @@
 -- nonce is dropped (so the token dies) and the name becomes free, in one step.
 --
 -- KEYS: names board global dirty epoch nonces lex provisional tombstones milestone_personal
--- ARGV: canon
+--       skeletons
+-- ARGV: canon skeleton
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return {'restoring'}
 end
@@ -20,6 +21,9 @@ redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('SREM', KEYS[8], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[10], ARGV[1])
+if redis.call('HGET', KEYS[11], ARGV[2]) == ARGV[1] then
+  redis.call('HDEL', KEYS[11], ARGV[2])
+end
 -- Remember which token died, so a restore after a Redis loss cannot bring it back.
 if nonce then
   redis.call('HSET', KEYS[9], ARGV[1], nonce)
