@@ -23,12 +23,14 @@ a new version changes them; re-read them before updating its fingerprints.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import socketio
 from socketio import packet as sio_packet
+from starlette.types import Message, Receive, Send
 
 from service import metrics
 
@@ -80,11 +82,42 @@ _DETAILS = {
     "malformed": "This frame is not a Socket.IO packet this server understands.",
     "too_deep": "This frame's payload is nested too deeply to read.",
     "too_many_invalid": "Too many unreadable events on this socket.",
+    "too_large": "This frame is larger than the server accepts (MAX_BODY_BYTES).",
 }
+# WebSocket close code 1009: "Message Too Big" (RFC 6455, section 7.4.1).
+_TOO_BIG = 1009
 _PAYLOAD_DETAIL = (
     "The event's payload could not be read: it must be a JSON array like"
     ' ["click", {"n": 1}], nested at most a few hundred levels.'
 )
+
+
+def _refusal_frame(reason: str) -> str:
+    """The Engine.IO text frame of a CONNECT_ERROR on '/' that says why the socket ends."""
+    body = {"error": "invalid_frame", "detail": _DETAILS.get(reason, _DETAILS["malformed"])}
+    return "44" + json.dumps({"message": "invalid_frame", "data": body}, separators=(",", ":"))
+
+
+def limit_frames(receive: Receive, send: Send, max_bytes: int) -> Receive:
+    """Wrap a websocket's ASGI receive: a frame over max_bytes ends the socket with a reason.
+
+    Engine.IO would also refuse it, but by dropping the connection without a word; here
+    the client gets the refusal, then close code 1009, and Engine.IO sees a disconnect.
+    """
+
+    async def guarded() -> Message:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            data = message.get("text") or message.get("bytes") or ""
+            if len(data) > max_bytes:
+                metrics.FRAMES_REFUSED.labels("too_large").inc()
+                log.warning("closed a socket that sent a refused frame: too_large")
+                await send({"type": "websocket.send", "text": _refusal_frame("too_large")})
+                await send({"type": "websocket.close", "code": _TOO_BIG, "reason": "too large"})
+                return {"type": "websocket.disconnect", "code": _TOO_BIG}
+        return message
+
+    return guarded
 
 
 def judge(data: Any, *, connected: bool) -> Verdict:
@@ -160,11 +193,7 @@ class FrameServer(socketio.AsyncServer):
         metrics.FRAMES_REFUSED.labels(reason).inc()
         log.warning("closed a socket that sent a refused frame: %s", reason)
         socket = self.eio.sockets.get(eio_sid)
-        body = {"error": "invalid_frame", "detail": _DETAILS.get(reason, _DETAILS["malformed"])}
-        refusal = self.packet_class(
-            sio_packet.CONNECT_ERROR, namespace="/", data={"message": "invalid_frame", "data": body}
-        )
-        await self._send_packet(eio_sid, refusal)
+        await self.eio.send(eio_sid, _refusal_frame(reason)[1:])
         await self.eio.disconnect(eio_sid)
         if socket is not None:
             # End the websocket itself (what Engine.IO does when its read loop ends), so a

@@ -171,6 +171,18 @@ async def test_frames_outside_the_contract_close_the_socket(
     no_tracebacks(caplog)
 
 
+@pytest.mark.parametrize("frame", ["4" + "x" * 16385, b"\x00" * 16385])
+async def test_a_frame_over_max_body_bytes_closes_with_1009_and_a_reason(
+    sock: RawSocket, caplog: pytest.LogCaptureFixture, frame: str | bytes
+) -> None:
+    before = refused("too_large")
+    await sock.send(frame)
+    assert "larger than" in (await sock.refusal(timeout=2))["data"]["detail"]
+    assert sock.ws is not None and sock.ws.close_code == 1009
+    assert refused("too_large") == before + 1
+    no_tracebacks(caplog)
+
+
 async def test_events_before_connecting_close_the_socket(server: Any) -> None:
     raw = await RawSocket(server.url).open(join=False)
     try:
