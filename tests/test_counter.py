@@ -148,6 +148,20 @@ async def test_an_admin_edit_past_the_largest_global_is_refused(counter, redis, 
     assert (total, board) == (MAX_COUNT, {"Ann": MAX_COUNT - 10, "Bob": 10})
 
 
+async def test_junk_in_the_rate_log_or_milestones_does_not_break_clicks(
+    counter, redis, keys
+) -> None:
+    ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
+    await redis.lpush(keys.click_rate("ann"), "junk", "12:x", "")
+    await redis.set(keys.milestone_global, "not a number")
+    await redis.hset(keys.milestone_personal, "ann", "[]")
+    # One call carries both players: junk under Ann's keys must not fail Bob's click.
+    results = await asyncio.gather(counter.click(ann, 1, 20), counter.click(bob, 2, 20))
+    assert sorted(r.user for r in results) == [1, 2]
+    assert max(r.global_count for r in results) == 3
+    assert (await counter.click(ann, 1, 20)).user == 2
+
+
 # -- rate limit -------------------------------------------------------------------------------
 
 

@@ -77,9 +77,10 @@ local function rate_limited(key, n)
   local stamps, counts = {}, {}
   for i, entry in ipairs(entries) do
     local sep = string.find(entry, ':', 1, true)
-    local ts = tonumber(string.sub(entry, 1, sep - 1))
-    if ts <= now - window then break end
-    local c = tonumber(string.sub(entry, sep + 1))
+    local ts = sep and tonumber(string.sub(entry, 1, sep - 1))
+    local c = sep and tonumber(string.sub(entry, sep + 1))
+    -- An entry we did not write ends the log like an expired one (trimmed below).
+    if not (ts and c) or ts <= now - window then break end
     used, kept = used + c, i
     stamps[i], counts[i] = ts, c
   end
@@ -150,14 +151,14 @@ local function click(rate_key, canon, display, nonce, n, profile)
   end
   if global_milestone ~= 0 then
     -- Powers of ten are exact doubles up to 1e22, so this comparison is exact.
-    if tonumber(redis.call('GET', KEYS[16]) or '0') < tonumber(global_milestone) then
+    if (tonumber(redis.call('GET', KEYS[16]) or '0') or 0) < tonumber(global_milestone) then
       redis.call('SET', KEYS[16], global_milestone)
     else
       global_milestone = 0
     end
   end
   if personal_milestone > 0 then
-    if tonumber(redis.call('HGET', KEYS[17], canon) or '0') < personal_milestone then
+    if (tonumber(redis.call('HGET', KEYS[17], canon) or '0') or 0) < personal_milestone then
       redis.call('HSET', KEYS[17], canon, personal_milestone)
     else
       personal_milestone = 0
