@@ -144,6 +144,38 @@ def test_fuzzed_socket_frames_are_answered_or_closed(stack: Stack) -> None:
     assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]
 
 
+async def attachment_flood(url: str, token: str) -> int:
+    """The issue's input: an attachment header, then 3,000 binary frames of 16 KB."""
+    sock = await RawSocket(url).open(token)
+    sent = 0
+    try:
+        await sock.send('4599999999-["click"]')
+        for _ in range(3000):
+            if not await sock.send(b"\x00" * 16384):
+                break
+            sent += 1
+        reason = await sock.refusal(timeout=ANSWER_S)
+        assert reason["data"]["error"] == "invalid_frame"
+    finally:
+        await sock.close()
+    return sent
+
+
+def test_an_attachment_flood_leaves_the_instance_as_it_was(stack: Stack) -> None:
+    instance = stack.instance()
+    token = httpx.post(instance.url + "/api/join", json={"username": "Flood"}, timeout=5)
+    asyncio.run(answered(instance.url, '42["probe"]'))
+    rss_before = rss_kb(instance)
+    for _ in range(3):
+        asyncio.run(attachment_flood(instance.url, token.json()["token"]))
+    grown = rss_kb(instance) - rss_before
+    # It used to grow by 30-45 MB for one such socket and keep it; now the first frame
+    # closes the socket and nothing is held.
+    assert grown < 5_000, f"the instance grew by {grown} KB"
+    assert counts(instance)[0] == 0
+    assert "Traceback" not in instance.proc.log()
+
+
 http_bodies = st.one_of(
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
