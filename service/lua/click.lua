@@ -121,7 +121,12 @@ local function click(rate_key, canon, display, nonce, n, profile)
     -- is counted from here on. Such clicks announce no milestones.
     provisional = true
   end
-  if tonumber(redis.call('ZSCORE', KEYS[3], display) or '0') + n > MAX_COUNT then
+  -- No count exceeds the global one, so the user's score needs reading only when
+  -- the global count itself would pass the limit (digit strings of equal length
+  -- compare like the numbers).
+  local global = global_after(added + n)
+  if (#global > 16 or (#global == 16 and global > '9007199254740991'))
+      and tonumber(redis.call('ZSCORE', KEYS[3], display) or '0') + n > MAX_COUNT then
     return {'limit'}
   end
   local wait = rate_limited(rate_key, n)
@@ -137,7 +142,6 @@ local function click(rate_key, canon, display, nonce, n, profile)
   local user = redis.call('ZINCRBY', KEYS[3], n, display)
   local global_before = global_after(added)
   added = added + n
-  local global = global_after(added)
   redis.call('SADD', KEYS[7], canon)
   for i = 1, 4 do
     tallies[i][profile[i]] = (tallies[i][profile[i]] or 0) + n
