@@ -84,8 +84,11 @@ _DETAILS = {
     "too_many_invalid": "Too many unreadable events on this socket.",
     "too_large": "This frame is larger than the server accepts (MAX_BODY_BYTES).",
 }
-# WebSocket close code 1009: "Message Too Big" (RFC 6455, section 7.4.1).
-_TOO_BIG = 1009
+# WebSocket close codes (RFC 6455, section 7.4.1): "Protocol Error", "Message Too Big".
+_PROTOCOL_ERROR, _TOO_BIG = 1002, 1009
+# Engine.IO packet types a client may send over a websocket: close, ping, pong, message,
+# upgrade, noop (OPEN, "0", comes only from the server).
+_CLIENT_ENGINEIO_TYPES = ("1", "2", "3", "4", "5", "6")
 _PAYLOAD_DETAIL = (
     "The event's payload could not be read: it must be a JSON array like"
     ' ["click", {"n": 1}], nested at most a few hundred levels.'
@@ -99,23 +102,30 @@ def _refusal_frame(reason: str) -> str:
 
 
 def limit_frames(receive: Receive, send: Send, max_bytes: int) -> Receive:
-    """Wrap a websocket's ASGI receive: a frame over max_bytes ends the socket with a reason.
+    """Wrap a websocket's ASGI receive: end the socket, with a reason, on a frame that is
+    over max_bytes (close code 1009) or is not an Engine.IO packet at all (1002).
 
-    Engine.IO would also refuse it, but by dropping the connection without a word; here
-    the client gets the refusal, then close code 1009, and Engine.IO sees a disconnect.
+    Engine.IO would drop such a connection without a word (and log the decoding error);
+    here the client gets the refusal first, and Engine.IO sees a plain disconnect.
     """
 
     async def guarded() -> Message:
         message = await receive()
-        if message["type"] == "websocket.receive":
-            data = message.get("text") or message.get("bytes") or ""
-            if len(data) > max_bytes:
-                metrics.FRAMES_REFUSED.labels("too_large").inc()
-                log.warning("closed a socket that sent a refused frame: too_large")
-                await send({"type": "websocket.send", "text": _refusal_frame("too_large")})
-                await send({"type": "websocket.close", "code": _TOO_BIG, "reason": "too large"})
-                return {"type": "websocket.disconnect", "code": _TOO_BIG}
-        return message
+        if message["type"] != "websocket.receive":
+            return message
+        text = message.get("text")
+        data = text if text is not None else message.get("bytes") or b""
+        if len(data) > max_bytes:
+            reason, code = "too_large", _TOO_BIG
+        elif text is not None and text[:1] not in _CLIENT_ENGINEIO_TYPES:
+            reason, code = "malformed", _PROTOCOL_ERROR
+        else:
+            return message
+        metrics.FRAMES_REFUSED.labels(reason).inc()
+        log.warning("closed a socket that sent a refused frame: %s", reason)
+        await send({"type": "websocket.send", "text": _refusal_frame(reason)})
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+        return {"type": "websocket.disconnect", "code": code}
 
     return guarded
 

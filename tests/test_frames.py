@@ -183,6 +183,18 @@ async def test_a_frame_over_max_body_bytes_closes_with_1009_and_a_reason(
     no_tracebacks(caplog)
 
 
+@pytest.mark.parametrize("frame", ["x", "", "0", "9", "{}", "\u00e9"])
+async def test_a_frame_that_is_not_engineio_closes_with_1002_and_a_reason(
+    sock: RawSocket, caplog: pytest.LogCaptureFixture, frame: str
+) -> None:
+    before = refused("malformed")
+    await sock.send(frame)
+    assert (await sock.refusal(timeout=2))["data"]["error"] == "invalid_frame"
+    assert sock.ws is not None and sock.ws.close_code == 1002
+    assert refused("malformed") == before + 1
+    no_tracebacks(caplog)
+
+
 async def test_events_before_connecting_close_the_socket(server: Any) -> None:
     raw = await RawSocket(server.url).open(join=False)
     try:

@@ -77,7 +77,9 @@ socketio_frames = st.builds(
     st.none() | st.integers(min_value=0, max_value=10**6),
     payloads,
 )
-frames = st.one_of(socketio_frames, st.binary(max_size=64))
+# Engine.IO-level text, but not "1..." (a client's own close needs no reason).
+engineio_frames = st.text(max_size=20).filter(lambda text: not text.startswith("1"))
+frames = st.one_of(socketio_frames, st.binary(max_size=64), engineio_frames)
 
 
 def rss_kb(instance: Instance) -> int:
