@@ -131,7 +131,8 @@ def limit_frames(receive: Receive, send: Send, max_bytes: int) -> Receive:
 
 
 def judge(data: Any, *, connected: bool) -> Verdict:
-    """Decide on one Engine.IO message from a client; `connected`: it joined '/' already."""
+    """Decide on a client's Socket.IO packet (one Engine.IO message's payload); `connected`:
+    the socket has joined '/' already."""
     if not isinstance(data, str):
         return Verdict(reason="binary")
     pkt = Packet(encoded_packet=data) if data else Packet(packet_type=None)
@@ -201,7 +202,7 @@ class FrameServer(socketio.AsyncServer):
     async def _close(self, eio_sid: str, reason: str) -> None:
         """End a socket for a refused frame: say why, then close; one log line."""
         metrics.FRAMES_REFUSED.labels(reason).inc()
-        log.warning("closed a socket that sent a refused frame: %s", reason)
+        log.warning("closed socket %s, which sent a refused frame: %s", eio_sid, reason)
         socket = self.eio.sockets.get(eio_sid)
         await self.eio.send(eio_sid, _refusal_frame(reason)[1:])
         await self.eio.disconnect(eio_sid)
