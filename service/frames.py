@@ -70,6 +70,10 @@ class Verdict:
     reason: str | None = None
     # Refuse with an error ack to this id (the socket stays open) instead of closing.
     ack_id: int | None = None
+    # A refusal that asked no ack: drop the packet and keep the socket (False), or close.
+    close: bool = True
+    # The error ack's body, when not the invalid_payload one.
+    ack_body: dict[str, str] | None = None
 
 
 _DETAILS = {
@@ -89,6 +93,9 @@ _PROTOCOL_ERROR, _TOO_BIG = 1002, 1009
 # Engine.IO packet types a client may send over a websocket: close, ping, pong, message,
 # upgrade, noop (OPEN, "0", comes only from the server).
 _CLIENT_ENGINEIO_TYPES = ("1", "2", "3", "4", "5", "6")
+# Event names python-socketio keeps for its own handlers: a client's event by that name
+# would call them with the wrong arguments.
+RESERVED_EVENTS = ("connect", "disconnect")
 _PAYLOAD_DETAIL = (
     "The event's payload could not be read: it must be a JSON array like"
     ' ["click", {"n": 1}], nested at most a few hundred levels.'
@@ -159,6 +166,10 @@ def judge(data: Any, *, connected: bool) -> Verdict:
         if pkt.id is not None:
             return Verdict(reason=reason, ack_id=pkt.id)
         return Verdict(reason=reason)
+    if pkt.data[0] in RESERVED_EVENTS:
+        detail = f"There is no event named {pkt.data[0]!r} for clients; use click."
+        body = {"error": "unknown_event", "detail": detail}
+        return Verdict(reason="reserved_event", ack_id=pkt.id, close=False, ack_body=body)
     return Verdict(packet=pkt)
 
 
@@ -185,16 +196,20 @@ class FrameServer(socketio.AsyncServer):
                 await self._handle_event(eio_sid, "/", pkt.id, pkt.data)
             return
         reason = verdict.reason or "malformed"
-        if verdict.ack_id is not None:
+        if verdict.ack_id is not None or not verdict.close:
             strikes = self._strikes.get(eio_sid, 0) + 1
             self._strikes[eio_sid] = strikes
             if strikes <= MAX_STRIKES:
                 metrics.FRAMES_REFUSED.labels(reason).inc()
-                body = {"error": "invalid_payload", "detail": _PAYLOAD_DETAIL}
-                ack = self.packet_class(
-                    sio_packet.ACK, namespace="/", id=verdict.ack_id, data=[body]
-                )
-                await self._send_packet(eio_sid, ack)
+                if verdict.ack_id is not None:
+                    body = verdict.ack_body or {
+                        "error": "invalid_payload",
+                        "detail": _PAYLOAD_DETAIL,
+                    }
+                    ack = self.packet_class(
+                        sio_packet.ACK, namespace="/", id=verdict.ack_id, data=[body]
+                    )
+                    await self._send_packet(eio_sid, ack)
                 return
             reason = "too_many_invalid"
         await self._close(eio_sid, reason)

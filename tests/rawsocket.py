@@ -71,10 +71,11 @@ class RawSocket:
                 await self._arrived.wait()
 
     async def ack(self, ack_id: int, timeout: float = 5.0) -> Any:
-        """The data of the server's acknowledgement to `ack_id`."""
+        """The first value of the server's acknowledgement to `ack_id` (None for `[]`)."""
         head = f"43{ack_id}["
         frame = await self.wait_for(lambda f: f.startswith(head), timeout)
-        return json.loads(frame[len(head) - 1 :])[0]
+        values = json.loads(frame[len(head) - 1 :])
+        return values[0] if values else None
 
     async def refusal(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait until the server closes the socket; return the reason it sent first."""

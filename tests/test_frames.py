@@ -126,6 +126,8 @@ async def test_deep_json_gets_an_invalid_payload_ack_and_the_socket_goes_on(
         ('421[["click"]]', "invalid_payload"),
         ("421[{}]", "invalid_payload"),
         ('421["nope"]', "unknown_event"),
+        ('421["connect"]', "unknown_event"),
+        ('421["disconnect",{}]', "unknown_event"),
     ],
 )
 async def test_every_click_gets_an_ack_whatever_its_payload(
@@ -232,6 +234,8 @@ async def test_a_socket_that_keeps_sending_unreadable_events_is_closed(sock: Raw
         ('27["click"]', False, "not_connected", None),
         ("27" + "[" * 5000, True, "too_deep", 7),
         ("2/x,7[]", True, "namespace", None),
+        ('27["connect"]', True, "reserved_event", 7),
+        ('2["disconnect"]', True, "reserved_event", None),
     ],
 )
 def test_judge(data: Any, connected: bool, reason: str | None, ack_id: int | None) -> None:

@@ -110,8 +110,10 @@ async def answered(url: str, frame: str | bytes) -> None:
         # Still open: the frame was a well-formed packet. An event that asked for an ack
         # got one (events are handled in order, so before the probe's).
         verdict = judge(frame[1:], connected=True) if isinstance(frame, str) else None
-        if verdict is not None and verdict.packet is not None and verdict.packet.id is not None:
-            await sock.ack(verdict.packet.id, timeout=0.1)
+        if verdict is not None:
+            ack_id = verdict.packet.id if verdict.packet is not None else verdict.ack_id
+            if ack_id is not None:
+                await sock.ack(ack_id, timeout=0.1)
     finally:
         await sock.close()
 
@@ -133,12 +135,16 @@ def test_fuzzed_socket_frames_are_answered_or_closed(stack: Stack) -> None:
     asyncio.run(answered(instance.url, '42["probe"]'))  # warm up before measuring memory
     rss_before = rss_kb(instance)
 
+    tried: list[str | bytes] = []
+
     @FUZZ
     @given(frame=frames)
     def check(frame: str | bytes) -> None:
+        tried.append(frame)
         asyncio.run(answered(instance.url, frame))
 
     check()
+    assert len(tried) >= EXAMPLES  # the whole budget ran
     assert counts(instance) == before
     grown = rss_kb(instance) - rss_before
     assert grown < RSS_SLACK_KB, f"the instance grew by {grown} KB"
