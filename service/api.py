@@ -18,6 +18,8 @@ from service.audit import Outcome, Record
 from service.breakdown import classify, country_of
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
+from service.junk import number
+from service.names import lookup
 from service.tokens import Player
 
 if TYPE_CHECKING:
@@ -223,11 +225,16 @@ async def _audited(rt: Runtime, outcome: Outcome) -> None:
 
 
 def _named_user(request: Request) -> tuple[str, str]:
-    """(display, canonical) of the name in the path; a name that cannot exist is a 404."""
-    try:
-        return validation.username(request.path_params["username"])
-    except ApiError:
-        raise ApiError(404, "not_found", "No user by that name.") from None
+    """(name, canonical) of the name in the path; a name that cannot exist is a 404.
+
+    Looked up leniently (service/names.py): a grandfathered name that today's rules
+    would refuse at join is still found, edited and deleted.
+    """
+    raw = request.path_params["username"]
+    canon = lookup(raw)
+    if canon is None:
+        raise ApiError(404, "not_found", "No user by that name.")
+    return raw, canon
 
 
 async def _tell_player(rt: Runtime, canon: str, nonce: str | None, data: dict[str, Any]) -> None:
@@ -241,12 +248,13 @@ async def _tell_player(rt: Runtime, canon: str, nonce: str | None, data: dict[st
 
 
 def _snapshot_view(status: dict[str, str], now_ms: int) -> dict[str, Any]:
-    last_ok = int(status["last_ok_ms"]) if "last_ok_ms" in status else None
+    # The worker writes these fields; anything else found there is dropped as junk.
+    last_ok = number(status.get("last_ok_ms"), int, "snapshot_status")
     return {
         "age_s": round((now_ms - last_ok) / 1000, 1) if last_ok else None,
-        "duration_s": float(status["duration_s"]) if "duration_s" in status else None,
-        "rows": int(status["rows"]) if "rows" in status else None,
-        "failures": int(status.get("failures", "0")),
+        "duration_s": number(status.get("duration_s"), float, "snapshot_status"),
+        "rows": number(status.get("rows"), int, "snapshot_status"),
+        "failures": number(status.get("failures"), int, "snapshot_status") or 0,
         "last_error": status.get("last_error") or None,
     }
 

@@ -26,6 +26,7 @@ from service.connection import connect_redis
 from service.counter import ClickResult, Counter
 from service.errors import ApiError
 from service.events import player_room
+from service.frames import FrameServer
 from service.janitor import SocketJanitor
 from service.keys import Keys
 from service.logs import configure_logging
@@ -47,7 +48,8 @@ class Runtime:
         self.keys = Keys(settings.key_prefix)
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         origins: Any = list(settings.allowed_origins) or None
-        self.sio = socketio.AsyncServer(
+        # Judges every client packet before the handlers see it (service/frames.py).
+        self.sio = FrameServer(
             async_mode="asgi",
             # Websocket only: any instance can serve any connection, so the load
             # balancer needs no sticky sessions (polling would need them).

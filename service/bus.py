@@ -14,11 +14,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 from service import metrics
+from service.junk import JUNK, Junk
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +98,105 @@ class Bus:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pubsub.aclose(), timeout=2)
 
-    async def _dispatch(self, raw: bytes | str) -> None:
+    async def _dispatch(self, raw: Any) -> None:
+        """Hand a valid event from another instance to `deliver`; drop junk, never raise."""
         try:
-            message = json.loads(raw)
-        except ValueError:
-            log.warning("ignored a malformed message on %s", self.channel)
+            message = parse(raw)
+        except Junk as junk:
+            JUNK.drop("pubsub", junk.reason, raw)
             return
-        if message.get("host") == self.host_id:
-            if "ping" in message:
+        if message.host == self.host_id:
+            if message.ping is not None:
                 self.last_echo = time.monotonic()
             return
-        if "event" in message:
-            await self.deliver(message["event"], message.get("data"), message.get("room"))
+        if message.event is not None:
+            try:
+                await self.deliver(message.event, message.data, message.room)
+            except Exception as exc:  # the events after this one must still arrive
+                log.warning("could not deliver a %s event: %r", message.event, exc)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message on the events channel: a ping, or an event for clients (one room or all)."""
+
+    host: str
+    ping: float | None = None
+    event: str | None = None
+    data: Any = None
+    room: str | None = None
+
+
+def _you(data: Any) -> bool:
+    return data == {"deleted": True} or (
+        isinstance(data, dict) and set(data) == {"count"} and _count(data["count"])
+    )
+
+
+def _milestone(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and set(data) == {"scope", "value", "username"}
+        and data["scope"] in ("global", "personal")
+        and _count(data["value"])
+        and isinstance(data["username"], str)
+    )
+
+
+def _activity(data: Any) -> bool:
+    # An admin feed entry (service/activity.py); its other fields depend on its kind.
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("id"), str)
+        and isinstance(data.get("kind"), str)
+        and _count(data.get("at_ms"))
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# The events instances publish, and what their data must look like: nothing else
+# read from the channel reaches a browser.
+EVENTS: dict[str, Callable[[Any], bool]] = {
+    "you": _you,
+    "milestone": _milestone,
+    "activity": _activity,
+}
+
+
+def parse(raw: Any) -> Message:
+    """Validate a message read from the channel; raise Junk saying why it is not one of ours."""
+    if not isinstance(raw, bytes | str):
+        raise Junk("not_text")
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise Junk("not_json") from None
+    if not isinstance(message, dict):
+        raise Junk("not_an_object")
+    host = message.get("host")
+    if not isinstance(host, str) or not host:
+        raise Junk("no_host")
+    if "ping" in message:
+        ping = message["ping"]
+        if (
+            not isinstance(ping, int | float)
+            or isinstance(ping, bool)
+            or set(message)
+            != {
+                "host",
+                "ping",
+            }
+        ):
+            raise Junk("bad_ping")
+        return Message(host, ping=float(ping))
+    event, data, room = message.get("event"), message.get("data"), message.get("room")
+    if not isinstance(event, str) or event not in EVENTS:
+        raise Junk("unknown_event")
+    if room is not None and not isinstance(room, str):
+        raise Junk("bad_room")
+    if not EVENTS[event](data):
+        raise Junk("bad_data")
+    return Message(host, event=event, data=data, room=room)

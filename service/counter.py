@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from service.breakdown import DIMENSIONS, Profile
-from service.errors import ApiError, invalid_token, restoring
+from service.errors import ApiError, count_limit, invalid_token, restoring, unavailable
 from service.keys import Keys
+from service.names import SKELETON_VERSION, canonical, skeleton
 from service.tokens import Player
 from service.validation import WINDOWS
 
@@ -130,13 +131,35 @@ class Counter:
         """Reserve the name and return the nonce its token will carry."""
         k = self.keys
         nonce = secrets.token_hex(8)
-        reply = await self._join(
-            keys=[k.nonces, k.names, k.board, k.lex, k.dirty, k.epoch, k.join_rate(address)],
-            args=[canon, display, nonce, limit_per_minute],
-        )
+        for _ in range(3):
+            reply = await self._join(
+                keys=[
+                    k.nonces,
+                    k.names,
+                    k.board,
+                    k.lex,
+                    k.dirty,
+                    k.epoch,
+                    k.join_rate(address),
+                    k.skeletons,
+                    k.skeletons_version,
+                ],
+                args=[canon, display, nonce, limit_per_minute, skeleton(canon), SKELETON_VERSION],
+            )
+            if as_text(reply[0]) != "unindexed":
+                break
+            await self.index_skeletons()
         outcome = as_text(reply[0])
         if outcome == "taken":
-            raise ApiError(409, "name_taken", f"The name {display!r} is taken; pick another.")
+            owner = as_text(reply[1])
+            if canonical(owner) == canon:
+                raise ApiError(409, "name_taken", f"The name {display!r} is taken; pick another.")
+            raise ApiError(
+                409,
+                "name_taken",
+                f"The name {display!r} looks too much like {owner!r}, which is taken;"
+                " pick another.",
+            )
         if outcome == "rate":
             raise ApiError(
                 429,
@@ -146,7 +169,30 @@ class Counter:
             )
         if outcome == "restoring":
             raise restoring()
+        if outcome == "unindexed":
+            raise unavailable("The name index is being rebuilt; try again in a moment.")
         return nonce
+
+    async def index_skeletons(self, batch: int = 1000) -> int:
+        """Index every stored name by its skeleton (first come keeps a shared one); how many.
+
+        Runs when the index is missing (a new deployment, a Redis loss) or was built with
+        another ICU. Idempotent and safe to run on several instances at once.
+        """
+        k = self.keys
+        indexed, cursor = 0, 0
+        while True:
+            cursor, rows = await self.redis.hscan(k.names, cursor, count=batch)
+            pipe = self.redis.pipeline(transaction=False)
+            for raw in rows:
+                canon = as_text(raw)
+                pipe.hsetnx(k.skeletons, skeleton(canon), canon)
+            indexed += len(rows)
+            await pipe.execute()
+            if cursor == 0:
+                break
+        await self.redis.set(k.skeletons_version, SKELETON_VERSION)
+        return indexed
 
     async def click(
         self, player: Player, n: int, limit_cps: int, profile: Profile = ANONYMOUS
@@ -169,6 +215,8 @@ class Counter:
         outcome = as_text(reply[0])
         if outcome == "token":
             raise invalid_token()
+        if outcome == "limit":
+            raise count_limit()
         if outcome == "rate":
             wait_ms = int(reply[1])
             if wait_ms < 0:  # the callers' validation refuses such an n before it gets here
@@ -280,8 +328,9 @@ class Counter:
                 k.provisional,
                 k.tombstones,
                 k.milestone_personal,
+                k.skeletons,
             ],
-            args=[canon] if nonce is None else [canon, nonce],
+            args=[canon, skeleton(canon)] + ([] if nonce is None else [nonce]),
         )
         return self._admin_result(reply, 0)
 
@@ -292,6 +341,8 @@ class Counter:
             raise ApiError(404, "not_found", "No user by that name.")
         if outcome == "restoring":
             raise restoring()
+        if outcome == "limit":
+            raise count_limit()
         nonce = as_text(reply[3]) if reply[3] is not None else None
         return AdminResult(
             username=as_text(reply[1]),

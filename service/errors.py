@@ -50,3 +50,12 @@ def restoring() -> ApiError:
 
 def invalid_token() -> ApiError:
     return ApiError(401, "invalid_token", "This token is not valid; join again to get a new one.")
+
+
+def count_limit() -> ApiError:
+    return ApiError(
+        422,
+        "count_limit",
+        "Counts stop at 9007199254740991 (2^53 - 1, the largest integer a web page shows"
+        " exactly); this change would pass it.",
+    )

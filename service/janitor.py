@@ -16,6 +16,8 @@ from typing import Any
 import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.frames import limit_frames
+
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +41,7 @@ class SocketJanitor:
             await send(message)
 
         try:
+            receive = limit_frames(receive, send, self.sio.eio.max_http_buffer_size)
             await self.app(scope, receive, noting_send)
         except Exception as exc:
             log.warning("a websocket ended on a frame the server could not read: %r", exc)

@@ -37,6 +37,17 @@ class Keys:
         return self.prefix + "nonces"
 
     @property
+    def skeletons(self) -> str:
+        # Hash: UTS #39 skeleton of a canonical name -> that canonical name, so a name
+        # that looks like a taken one is taken too. Derived from `names` (not snapshotted):
+        # rebuilt when `skeletons_version` is missing or names another ICU.
+        return self.prefix + "skeletons"
+
+    @property
+    def skeletons_version(self) -> str:
+        return self.prefix + "skeletons:version"
+
+    @property
     def lex(self) -> str:
         # Sorted set of canonical names, all with score 0, for prefix search by name.
         return self.prefix + "lex"

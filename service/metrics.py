@@ -51,6 +51,16 @@ PUBSUB_UP = Gauge(
     multiprocess_mode="livemin",
 )
 PUBSUB_RECONNECTS = Counter("clickky_pubsub_reconnects_total", "Pub/sub (re)subscriptions.")
+FRAMES_REFUSED = Counter(
+    "clickky_frames_refused_total",
+    "Socket.IO frames refused before any handler (an error ack or a closed socket), by reason.",
+    ["reason"],
+)
+REDIS_JUNK = Counter(
+    "clickky_redis_junk_total",
+    "Messages or fields read from Redis that were not what we write, dropped; by where and why.",
+    ["where", "reason"],
+)
 HTTP_ERRORS = Counter("clickky_http_errors_total", "HTTP error responses, by code.", ["code"])
 ADMIN_AUTH_FAILURES = Counter(
     "clickky_admin_auth_failures_total", "Admin authentications refused for a wrong token."

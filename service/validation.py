@@ -3,59 +3,23 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any
 
 from service.breakdown import DIMENSIONS
 from service.errors import ApiError, invalid
 
-MAX_USERNAME = 32
-# Normalising can lengthen a name (NFKC turns U+FDFA into 18 letters); the store's key
-# column holds 191 characters, so three times the display length is the ceiling.
-MAX_CANONICAL = 3 * MAX_USERNAME
+# Names have their own module; HTTP and Socket.IO reach them through this one.
+from service.names import MAX_USERNAME, canonical
+from service.names import username as username
+
 MAX_CLICK_BATCH = 50
 MAX_PAGE = 200
 MAX_SEARCH = 50
 # Bucket widths keep every window to at most a few hundred points.
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
-_PUNCTUATION = {" ", "_", "-", "."}
-# Counts live in sorted-set scores, doubles exact up to 2**53; an admin may set a
-# count far below that, so clicks on top of it stay exact.
-_MAX_COUNT = 10**12
-
-
-def canonical(name: str) -> str:
-    """The form names are compared in: uniqueness ignores case (and Unicode width forms)."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
-def username(raw: Any) -> tuple[str, str]:
-    """Return (display, canonical) for a valid name or raise 422 saying what is wrong."""
-    if not isinstance(raw, str):
-        raise invalid("invalid_username", "username must be a string.")
-    display = unicodedata.normalize("NFC", raw).strip()
-    if not display:
-        raise invalid("invalid_username", "username must not be empty.")
-    if len(display) > MAX_USERNAME:
-        raise invalid("invalid_username", f"username must be at most {MAX_USERNAME} characters.")
-    for index, char in enumerate(display):
-        category = unicodedata.category(char)
-        # Marks (M*) carry vowels and accents in many scripts; they may follow a letter.
-        allowed = (
-            category[0] == "L"
-            or category == "Nd"
-            or char in _PUNCTUATION
-            or (category[0] == "M" and index > 0)
-        )
-        if not allowed:
-            raise invalid(
-                "invalid_username",
-                f"username may hold letters, digits, spaces and _ - . only, not {char!r}.",
-            )
-    canon = canonical(display)
-    if len(canon) > MAX_CANONICAL:
-        raise invalid("invalid_username", "username is too long once normalised.")
-    return display, canon
+# Counts live in sorted-set scores, doubles exact up to 2**53, and the page shows
+# them as JavaScript numbers: every count is a JS safe integer.
+MAX_COUNT = 2**53 - 1
 
 
 def strict_int(value: Any) -> int | None:
@@ -141,8 +105,8 @@ def admin_count(payload: Any) -> int:
     if not isinstance(payload, dict) or "count" not in payload:
         raise invalid("invalid_count", 'body must be an object like {"count": 0}.')
     count = strict_int(payload["count"])
-    if count is None or not 0 <= count <= _MAX_COUNT:
-        raise invalid("invalid_count", f"count must be an integer from 0 to {_MAX_COUNT}.")
+    if count is None or not 0 <= count <= MAX_COUNT:
+        raise invalid("invalid_count", f"count must be an integer from 0 to {MAX_COUNT}.")
     return count
 
 

@@ -143,7 +143,7 @@ async def test_join_refuses_an_invalid_name(http: httpx.AsyncClient, name: Any) 
         ("Zoe\u0308", "Zoë"),  # stored composed (NFC)
         ("a" * 32, "a" * 32),
         ("x_y-z.0 9", "x_y-z.0 9"),
-        ("١٢٣", "١٢٣"),  # Arabic-Indic digits
+        ("سلام١٢٣", "سلام١٢٣"),  # Arabic letters, then Arabic-Indic digits
     ],
 )
 async def test_join_accepts_any_script_and_trims(
@@ -516,7 +516,19 @@ async def test_admin_set_count_keeps_the_invariant(client: httpx.AsyncClient) ->
 
 @pytest.mark.parametrize(
     "body",
-    [{"count": -1}, {"count": "5"}, {"count": 1.5}, {"count": True}, {"count": None}, {}, [5], 5],
+    [
+        {"count": -1},
+        {"count": "5"},
+        {"count": 1.5},
+        {"count": True},
+        {"count": None},
+        {},
+        [5],
+        5,
+        {"count": 2**53},
+        {"count": 2**64},
+        {"count": 10**400},
+    ],
 )
 @shared_loop
 async def test_admin_set_refuses_a_bad_count(http: httpx.AsyncClient, player, body: Any) -> None:
@@ -581,6 +593,25 @@ async def test_readyz_reports_its_checks(server, client: httpx.AsyncClient) -> N
     assert body["restore"] == "done"
     assert body["instance"] == server.runtime.instance_id
     assert "error" not in body
+
+
+async def test_junk_in_the_snapshot_status_is_dropped(
+    server, client: httpx.AsyncClient, redis, keys
+) -> None:
+    junk = {"last_ok_ms": "soon", "duration_s": "nan", "rows": "1e999", "failures": "[]"}
+    await redis.hset(keys.snapshot_status, mapping=junk)
+    await eventually(lambda: server.runtime.bus.healthy, timeout=10)
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["snapshot"] == {
+        "age_s": None,
+        "duration_s": None,
+        "rows": None,
+        "failures": 0,
+        "last_error": None,
+    }
+    assert (await client.get("/metrics")).status_code == 200
+    assert (await client.get("/api/admin/status", headers=ADMIN)).status_code == 200
 
 
 async def test_metrics_are_prometheus_text(server, client: httpx.AsyncClient) -> None:

@@ -102,6 +102,66 @@ async def test_admin_edits_during_clicks_keep_the_invariant(counter, redis, keys
     assert state.global_count == total and state.users == 8
 
 
+# -- range of counts -----------------------------------------------------------------------
+
+MAX_COUNT = 2**53 - 1
+
+
+async def test_click_acks_and_milestones_stay_exact_past_2_pow_53(counter, redis, keys) -> None:
+    # A deployment whose global count already passed 2^53 (two users at the limit
+    # or close): the ack must be Redis's exact integer, not a Lua double.
+    ann = await make_player(counter, "Ann")
+    for name, count in (("Big", MAX_COUNT), ("Huge", 10**16 - 1 - MAX_COUNT)):
+        await make_player(counter, name)
+        await redis.zadd(keys.board, {name: count})
+    await redis.set(keys.global_count, 10**16 - 1)
+    await redis.set(keys.milestone_global, 10**15)
+
+    first = await counter.click(ann, 1, NO_LIMIT)
+    assert (first.user, first.global_count, first.global_milestone) == (1, 10**16, 10**16)
+    second = await counter.click(ann, 3, NO_LIMIT)
+    assert (second.global_count, second.global_milestone) == (10**16 + 3, 0)
+    assert int(await redis.get(keys.global_count)) == 10**16 + 3
+    assert int(await redis.get(keys.milestone_global)) == 10**16
+    total, board = await consistent_read(redis, keys)
+    assert total == sum(board.values()) == 10**16 + 3
+
+
+async def test_a_click_past_the_largest_count_is_refused(counter, redis, keys) -> None:
+    ann = await make_player(counter, "Ann")
+    await counter.set_count("ann", MAX_COUNT - 2)
+    assert (await counter.click(ann, 2, NO_LIMIT)).user == MAX_COUNT
+    error = await refused(counter.click(ann, 1, NO_LIMIT))
+    assert (error.status, error.code) == (422, "count_limit")
+    total, board = await consistent_read(redis, keys)
+    assert (total, board) == (MAX_COUNT, {"Ann": MAX_COUNT})
+
+
+async def test_an_admin_edit_past_the_largest_global_is_refused(counter, redis, keys) -> None:
+    await make_player(counter, "Ann")
+    await make_player(counter, "Bob")
+    assert (await counter.set_count("ann", MAX_COUNT - 10)).global_count == MAX_COUNT - 10
+    assert (await counter.set_count("bob", 10)).global_count == MAX_COUNT
+    error = await refused(counter.set_count("bob", 11))
+    assert (error.status, error.code) == (422, "count_limit")
+    total, board = await consistent_read(redis, keys)
+    assert (total, board) == (MAX_COUNT, {"Ann": MAX_COUNT - 10, "Bob": 10})
+
+
+async def test_junk_in_the_rate_log_or_milestones_does_not_break_clicks(
+    counter, redis, keys
+) -> None:
+    ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
+    await redis.lpush(keys.click_rate("ann"), "junk", "12:x", "")
+    await redis.set(keys.milestone_global, "not a number")
+    await redis.hset(keys.milestone_personal, "ann", "[]")
+    # One call carries both players: junk under Ann's keys must not fail Bob's click.
+    results = await asyncio.gather(counter.click(ann, 1, 20), counter.click(bob, 2, 20))
+    assert sorted(r.user for r in results) == [1, 2]
+    assert max(r.global_count for r in results) == 3
+    assert (await counter.click(ann, 1, 20)).user == 2
+
+
 # -- rate limit -------------------------------------------------------------------------------
 
 

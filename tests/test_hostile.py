@@ -471,7 +471,11 @@ async def test_oversized_socket_message_is_refused(shared, http, seeded: Seeded)
     limit = shared.settings.max_body_bytes
     player = await Player(shared.url, seeded.ann).connect()
     gone = asyncio.Event()
+    reasons: list[Any] = []
     player.sio.on("disconnect", lambda *_: gone.set())
+    # The refusal says why (service/frames.py), which ends the namespace without a
+    # "disconnect" event on this client.
+    player.sio.on("connect_error", lambda data: (reasons.append(data), gone.set()))
     acks: list[Any] = []
     try:
         await player.sio.emit(
@@ -482,6 +486,7 @@ async def test_oversized_socket_message_is_refused(shared, http, seeded: Seeded)
         await player.close()
     # The server closes the connection; an ack, had there been one, must be a refusal.
     assert all("error" in ack[0] for ack in acks), acks
+    assert reasons and all("invalid_frame" in repr(reason) for reason in reasons), reasons
     await assert_unchanged(http, seeded)
     # The instance is fine: a new connection plays normally.
     again = await Player(shared.url, seeded.ann).connect()

@@ -14,23 +14,51 @@
 -- ARGV: limit window_ms, then per entry: canon display nonce n device browser platform
 --       country
 -- Returns per entry: {'ok', user, global, rank, global_milestone, personal_milestone},
---       {'token'} or {'rate', retry_ms}
+--       {'token'}, {'rate', retry_ms} or {'limit'} (the user's count would pass 2^53 - 1);
+--       global and global_milestone are decimal strings (exact past 2^53)
 local COMMON, FIELDS = 17, 8
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local restored = redis.call('EXISTS', KEYS[8]) == 1
--- The global count as this call moves it; written back once at the end.
-local global = tonumber(redis.call('GET', KEYS[4]) or '0')
+-- The global count as this call moves it; written back once at the end. Lua
+-- numbers are doubles, exact only to 2^53, so it is kept as Redis's decimal
+-- string split into a high part and its last nine digits, both exact.
+local global_text = redis.call('GET', KEYS[4]) or '0'
+local global_high = tonumber(string.sub(global_text, 1, -10)) or 0
+local global_low = tonumber(string.sub(global_text, -9))
+-- A user's count is a sorted-set score, a double: it stops at 2^53 - 1.
+local MAX_COUNT = 9007199254740991
 local added = 0
 local tallies = {{}, {}, {}, {}}  -- per breakdown dimension: value -> clicks
 local announced_global = nil  -- the global milestone memory, read once per call
+
+-- The global count after `plus` more clicks than at the start of the call, as
+-- an exact decimal string.
+local function global_after(plus)
+  local low = global_low + plus
+  local high = global_high + math.floor(low / 1e9)
+  low = low % 1e9
+  if high > 0 then
+    return string.format('%d%09d', high, low)
+  end
+  return string.format('%d', low)
+end
 
 -- A milestone is a power of ten (global from 1,000, personal from 100). A click
 -- announces the highest one the count has reached if it is above the highest
 -- announced so far, which is remembered (and snapshotted and restored): each value
 -- is announced once, a count that drops and climbs again is quiet, and one reached
 -- while a restore was pending is announced by the first click after it.
+-- For the global count, given as a decimal string: the power of ten with as many
+-- digits, as a string (exact past 2^53), or 0 below 1,000.
+local function reached_global(text)
+  if #text >= 4 then
+    return '1' .. string.rep('0', #text - 1)
+  end
+  return 0
+end
+
 local function reached(count, first)
   local m, top = first, 0
   while m <= count do
@@ -48,9 +76,10 @@ local function rate_limited(key, n)
   local stamps, counts = {}, {}
   for i, entry in ipairs(entries) do
     local sep = string.find(entry, ':', 1, true)
-    local ts = tonumber(string.sub(entry, 1, sep - 1))
-    if ts <= now - window then break end
-    local c = tonumber(string.sub(entry, sep + 1))
+    local ts = sep and tonumber(string.sub(entry, 1, sep - 1))
+    local c = sep and tonumber(string.sub(entry, sep + 1))
+    -- An entry we did not write ends the log like an expired one (trimmed below).
+    if not (ts and c) or ts <= now - window then break end
     used, kept = used + c, i
     stamps[i], counts[i] = ts, c
   end
@@ -91,6 +120,14 @@ local function click(rate_key, canon, display, nonce, n, profile)
     -- is counted from here on. No milestones until then: counts are partial.
     provisional = true
   end
+  -- No count exceeds the global one, so the user's score needs reading only when
+  -- the global count itself would pass the limit (digit strings of equal length
+  -- compare like the numbers).
+  local global = global_after(added + n)
+  if (#global > 16 or (#global == 16 and global > '9007199254740991'))
+      and tonumber(redis.call('ZSCORE', KEYS[3], display) or '0') + n > MAX_COUNT then
+    return {'limit'}
+  end
   local wait = rate_limited(rate_key, n)
   if wait then
     return {'rate', wait}
@@ -102,7 +139,6 @@ local function click(rate_key, canon, display, nonce, n, profile)
     redis.call('SADD', KEYS[9], canon)
   end
   local user = redis.call('ZINCRBY', KEYS[3], n, display)
-  global = global + n
   added = added + n
   redis.call('SADD', KEYS[7], canon)
   for i = 1, 4 do
@@ -112,20 +148,21 @@ local function click(rate_key, canon, display, nonce, n, profile)
 
   local global_milestone, personal_milestone = 0, 0
   if restored then
-    global_milestone = reached(global, 1000)
+    global_milestone = reached_global(global)
     personal_milestone = reached(tonumber(user), 100)
   end
-  if global_milestone > 0 then
-    announced_global = announced_global or tonumber(redis.call('GET', KEYS[16]) or '0')
-    if announced_global < global_milestone then
-      announced_global = global_milestone
+  if global_milestone ~= 0 then
+    -- Powers of ten are exact doubles up to 1e22, so these comparisons are exact.
+    announced_global = announced_global or tonumber(redis.call('GET', KEYS[16]) or '0') or 0
+    if announced_global < tonumber(global_milestone) then
+      announced_global = tonumber(global_milestone)
       redis.call('SET', KEYS[16], global_milestone)
     else
       global_milestone = 0
     end
   end
   if personal_milestone > 0 then
-    if tonumber(redis.call('HGET', KEYS[17], canon) or '0') < personal_milestone then
+    if (tonumber(redis.call('HGET', KEYS[17], canon) or '0') or 0) < personal_milestone then
       redis.call('HSET', KEYS[17], canon, personal_milestone)
     else
       personal_milestone = 0
