@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ from service.connection import connect_redis
 from service.counter import ClickResult, Counter
 from service.errors import ApiError
 from service.events import player_room
+from service.fanout import Fanout
 from service.janitor import SocketJanitor
 from service.keys import Keys
 from service.logs import configure_logging
@@ -62,6 +64,7 @@ class Runtime:
         # Connections whose first state is on its way; broadcasts skip them until then.
         self.welcoming: set[str] = set()
         self.draining = False
+        self.fanout = Fanout()
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner
@@ -76,6 +79,7 @@ class Runtime:
 
     async def broadcast_state(self, body: dict[str, Any]) -> None:
         """Send one tick to every local client but those still waiting for their welcome."""
+        started = time.perf_counter()
         await self.send_state(
             body,
             (
@@ -84,20 +88,25 @@ class Runtime:
                 if sid not in self.welcoming
             ),
         )
+        took = time.perf_counter() - started
+        metrics.FANOUT_SECONDS.observe(took)
+        if took * 1000 > self.settings.broadcast_interval_ms:
+            metrics.FANOUT_OVERRUNS.inc()
 
     async def send_state(self, body: dict[str, Any], eio_sids: Iterable[str]) -> None:
-        """Queue a state message on these sockets, in order and without yielding.
+        """Send a state message to these sockets, in order and without yielding first.
 
-        The packet is encoded once and queued on each socket in turn. python-socketio's
-        emit would start one task per recipient (a quarter of a broadcast's cost), and
-        those tasks could queue a welcome after a newer tick.
+        The packet is encoded once. service/fanout.py writes it straight to the sockets
+        it holds (all of them under uvicorn's websocket protocols); any other goes
+        through python-engineio's queue. python-socketio's emit would start one task per
+        recipient, and those tasks could queue a welcome after a newer tick.
         """
         encoded = self.sio.packet_class(
             socketio.packet.EVENT, namespace="/", data=["state", body]
         ).encode()
         message = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
-        sent = 0
-        for eio_sid in eio_sids:
+        sent, others = self.fanout.send(message.encode(), eio_sids)
+        for eio_sid in others:
             with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
                 await self.sio.eio.send_packet(eio_sid, message)
                 sent += 1
@@ -230,7 +239,9 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     events.register(runtime)
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
-    janitor = SocketJanitor(asgi, runtime.sio)
+    janitor = SocketJanitor(
+        asgi, runtime.sio, on_open=runtime.fanout.attach, on_close=runtime.fanout.detach
+    )
     janitor.runtime = runtime  # type: ignore[attr-defined]
     return janitor
 
