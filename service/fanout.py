@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 # The versions this module was written and tested for (pyproject.toml pins the same).
 WRITTEN_FOR = {
     "uvicorn": ((0, 54), (0, 55)),
-    "websockets": ((17, 0), (18, 0)),
-    "wsproto": ((1, 2), (1, 4)),
-    "python-engineio": ((4, 12), (4, 16)),
+    "websockets": ((17, 4), (18, 0)),
+    "wsproto": ((1, 3), (1, 4)),
+    "python-engineio": ((4, 15), (4, 16)),
 }
 
 SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"
