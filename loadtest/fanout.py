@@ -29,7 +29,9 @@ import json
 import math
 import multiprocessing
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -125,6 +127,23 @@ def _click(url: str, token: str, stop: threading.Event) -> None:
                 http.post(url + "/api/click", json={"n": 1})
 
 
+def _profile(args: argparse.Namespace, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy record the instance for the window (collapsed stacks for hotspots.py)."""
+    if not args.profile:
+        return None
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [
+            *(spy, "record", "--pid", str(pid), "--duration", str(int(args.duration))),
+            *("--rate", "100", "--format", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -166,8 +185,11 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
             parent.send((start, end))
         time.sleep(max(0.0, start - time.time()))
         cpu0 = cluster.cpu_seconds(pid)
+        spy = _profile(args, pid, f"{label}-n{n}")
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cluster.cpu_seconds(pid)
+        if spy is not None:
+            spy.wait(args.duration + 30)
         rss_busy = cluster.rss_mb(pid)
         results = [parent.recv() for _, parent in children]
     finally:
@@ -227,6 +249,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--interval-ms", type=int, default=100)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--profile", metavar="DIR", help="py-spy record the instance into DIR")
     p.add_argument(
         "--variant",
         action="append",

@@ -16,7 +16,7 @@ import socketio
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from service import api, events, metrics, pages
+from service import api, events, footprint, metrics, pages
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
@@ -56,6 +56,7 @@ class Runtime:
             logger=False,
             engineio_logger=False,
         )
+        footprint.slim(self.sio)
         self.players: dict[str, Player] = {}
         self.profiles: dict[str, Profile] = {}
         # Connections this instance has counted (a client can send an event named
@@ -239,9 +240,12 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     events.register(runtime)
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
-    janitor = SocketJanitor(
-        asgi, runtime.sio, on_open=runtime.fanout.attach, on_close=runtime.fanout.detach
-    )
+
+    def opened(eio_sid: str, send: Any) -> None:
+        runtime.fanout.attach(eio_sid, send)
+        footprint.trim(runtime.sio, eio_sid, send)
+
+    janitor = SocketJanitor(asgi, runtime.sio, on_open=opened, on_close=runtime.fanout.detach)
     janitor.runtime = runtime  # type: ignore[attr-defined]
     return janitor
 
