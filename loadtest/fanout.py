@@ -55,8 +55,8 @@ class Watcher(SocketIO):
     offset = 0.0  # wall clock minus monotonic clock
     delays = array("d")
 
-    def __init__(self, auth: Any, host: str) -> None:
-        super().__init__(auth, host)
+    def __init__(self, auth: Any, host: str, deflate: bool = False) -> None:
+        super().__init__(auth, host, deflate)
         self.count = 0
         self.last_tick = -1
         self.stale = 0
@@ -88,7 +88,9 @@ async def _watch(conn: Any, spec: dict[str, Any]) -> None:
         async with gate:
             for _ in range(3):
                 with contextlib.suppress(Exception):
-                    return await Watcher.open(spec["url"], None, timeout=30)  # type: ignore[no-any-return]
+                    return await Watcher.open(  # type: ignore[no-any-return]
+                        spec["url"], None, timeout=30, deflate=spec["deflate"]
+                    )
                 await asyncio.sleep(0.5)
             return None
 
@@ -170,7 +172,12 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
         for index in range(args.procs):
             count = n // args.procs + (1 if index < n % args.procs else 0)
             parent, child = ctx.Pipe()
-            spec = {"url": url, "count": count, "interval_ms": args.interval_ms}
+            spec = {
+                "url": url,
+                "count": count,
+                "interval_ms": args.interval_ms,
+                "deflate": args.deflate,
+            }
             proc = ctx.Process(target=spectators_main, args=(child, spec), daemon=True)
             proc.start()
             children.append((proc, parent))
@@ -211,6 +218,7 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
     return {
         "variant": label,
         "n": n,
+        "deflate": args.deflate,
         "opened": opened,
         "states_per_s": round(statistics.mean(rates), 2) if rates else 0,
         "states_per_s_min": round(min(rates), 2) if rates else 0,
@@ -249,6 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--interval-ms", type=int, default=100)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument(
+        "--deflate", action="store_true", help="spectators offer permessage-deflate, as browsers do"
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy record the instance into DIR")
     p.add_argument(
         "--variant",

@@ -98,15 +98,25 @@ class Runtime:
         """Send a state message to these sockets, in order and without yielding first.
 
         The packet is encoded once. service/fanout.py writes it straight to the sockets
-        it holds (all of them under uvicorn's websocket protocols); any other goes
-        through python-engineio's queue. python-socketio's emit would start one task per
-        recipient, and those tasks could queue a welcome after a newer tick.
+        it holds (all of them under uvicorn's websocket protocols) whose Engine.IO queue
+        is empty; any other goes through that queue, behind what waits there (a welcome
+        behind the Socket.IO CONNECT packet). python-socketio's emit would start one
+        task per recipient, and those tasks could queue a welcome after a newer tick.
         """
         encoded = self.sio.packet_class(
             socketio.packet.EVENT, namespace="/", data=["state", body]
         ).encode()
         message = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
-        sent, others = self.fanout.send(message.encode(), eio_sids)
+        sockets = self.sio.eio.sockets
+        direct: list[str] = []
+        queued: list[str] = []
+        for eio_sid in eio_sids:
+            session = sockets.get(eio_sid)
+            (direct if session is not None and not session.queue.qsize() else queued).append(
+                eio_sid
+            )
+        sent, others = self.fanout.send(message.encode(), direct)
+        others += queued
         for eio_sid in others:
             with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
                 await self.sio.eio.send_packet(eio_sid, message)
