@@ -1,9 +1,9 @@
-"""Fan-out benchmark: N bare-websocket spectators on one instance, a player moving the count.
+"""Fan-out benchmark: N bare-websocket spectators on one instance, players moving the count.
 
 For each N it starts a fresh instance, opens N spectators (Engine.IO v4 websockets
 without permessage-deflate, spread over --procs processes), measures the idle RSS
-they add, then lets one HTTP player click ~15 times a second (so every tick
-changes) and measures for --duration seconds. One JSON line per (variant, N) on
+they add, then lets two HTTP players click ~15 times a second each (so every
+tick changes) and measures for --duration seconds. One JSON line per (variant, N) on
 stdout, the median of --repeat runs; every run on stderr. Runs alternate between
 variants (before/after), so a noisy machine hits them alike:
 
@@ -11,7 +11,8 @@ variants (before/after), so a noisy machine hits them alike:
     .venv/bin/python loadtest/fanout.py --n 1000,3000 --repeat 3 \\
         --variant 'before=/tmp/before' --variant 'after=.' --variant 'wsproto=.|--ws wsproto'
 
-Figures: `states_per_s` (mean states a spectator received per second; `_min` the
+Figures: `news_per_s` (distinct tick ids any spectator got per second: the ticks
+that had news), `states_per_s` (mean states a spectator received per second; `_min` the
 worst spectator's), `delay_ms_p50/p99` (tick start to arrival: the tick id times the tick
 on Redis's clock against the receiver's wall clock, same host; if tick ids are
 not time-based, the start of the wall-clock tick the state arrived in, which
@@ -54,6 +55,7 @@ class Watcher(SocketIO):
     interval_s = 0.1
     offset = 0.0  # wall clock minus monotonic clock
     delays = array("d")
+    ticks: set[int] = set()  # tick ids seen in the window, by any spectator of this process
 
     def __init__(self, auth: Any, host: str, deflate: bool = False) -> None:
         super().__init__(auth, host, deflate)
@@ -73,6 +75,7 @@ class Watcher(SocketIO):
         start, end = self.window
         if start <= wall < end:
             self.count += 1
+            self.ticks.add(tick)
             started = tick * self.interval_s
             if abs(wall - started) > 60:  # not a time-based tick id
                 started = wall // self.interval_s * self.interval_s
@@ -105,6 +108,7 @@ async def _watch(conn: Any, spec: dict[str, Any]) -> None:
             "counts": [w.count for w in watchers],
             "delays": Watcher.delays.tobytes(),
             "stale": sum(w.stale for w in watchers),
+            "ticks": sorted(Watcher.ticks),
             "closed": sum(w.closed for w in watchers),
         }
     )
@@ -122,7 +126,7 @@ def spectators_main(conn: Any, spec: dict[str, Any]) -> None:
 
 
 def _click(url: str, token: str, stop: threading.Event) -> None:
-    """One player clicking ~15 times a second over HTTP, so every tick has news."""
+    """A player clicking ~15 times a second over HTTP; two of them give every tick news."""
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
         while not stop.wait(0.066):
             with contextlib.suppress(httpx.HTTPError):
@@ -165,7 +169,7 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
     try:
         deployment.start(1)
         url, pid = deployment.urls[0], deployment.pids[0]
-        ((_, token),) = asyncio.run(cluster.register([url], 1))
+        players = asyncio.run(cluster.register([url], 2))
         time.sleep(1.0)
         rss_before = cluster.rss_mb(pid)
         ctx = multiprocessing.get_context("fork")
@@ -184,8 +188,8 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
         opened = sum(parent.recv()["ready"] for _, parent in children)
         time.sleep(2.0)
         rss_idle = cluster.rss_mb(pid)
-        player = threading.Thread(target=_click, args=(url, token, stop), daemon=True)
-        player.start()
+        for _, token in players:
+            threading.Thread(target=_click, args=(url, token, stop), daemon=True).start()
         start = time.time() + args.warmup
         end = start + args.duration
         for _, parent in children:
@@ -220,6 +224,7 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
         "n": n,
         "deflate": args.deflate,
         "opened": opened,
+        "news_per_s": round(len(set().union(*(r["ticks"] for r in results))) / args.duration, 2),
         "states_per_s": round(statistics.mean(rates), 2) if rates else 0,
         "states_per_s_min": round(min(rates), 2) if rates else 0,
         "delay_ms_p50": round((percentile(delays, 50) or 0) * 1000, 1),

@@ -255,7 +255,13 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
         runtime.fanout.attach(eio_sid, send)
         footprint.trim(runtime.sio, eio_sid, send)
 
-    janitor = SocketJanitor(asgi, runtime.sio, on_open=opened, on_close=runtime.fanout.detach)
+    janitor = SocketJanitor(
+        asgi,
+        runtime.sio,
+        on_start=footprint.adopt,
+        on_open=opened,
+        on_close=runtime.fanout.detach,
+    )
     janitor.runtime = runtime  # type: ignore[attr-defined]
     return janitor
 

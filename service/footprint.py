@@ -7,7 +7,9 @@ things it kept were never used again on a websocket-only server:
   goes in through engineio's own `create_queue` hook.
 - python-engineio's ASGI environ keeps `wsgi.input`, an instance of a class created
   anew for every request (~3 KB with the class); only long-polling POSTs read it.
-- uvicorn's websockets-sansio protocol keeps the handshake request and response.
+- uvicorn's websocket protocols keep the handshake request and response, and give
+  each connection an `asyncio.Queue` of received events; `adopt` swaps it for a
+  Mailbox before the app first reads from it.
 
 Like service/fanout.py, it reaches below those libraries' public APIs, is written for
 the versions pinned there (`fanout.WRITTEN_FOR`), and tests/test_footprint.py checks it.
@@ -21,7 +23,7 @@ from typing import Any
 
 import socketio
 
-from service.fanout import SANSIO
+from service.fanout import SANSIO, WSPROTO
 
 
 class Mailbox:
@@ -87,6 +89,25 @@ class Mailbox:
 def slim(sio: socketio.AsyncServer) -> None:
     """Give every Engine.IO socket of this server a Mailbox instead of an asyncio.Queue."""
     sio.eio.create_queue = lambda *args, **kwargs: Mailbox()
+
+
+def adopt(send: Callable[..., Any]) -> None:
+    """Give a new websocket's uvicorn protocol a Mailbox for its received events.
+
+    Called before the app first awaits `receive`, so nobody waits on the old queue;
+    what it holds (the `websocket.connect` event) moves over in order.
+    """
+    protocol: Any = getattr(send, "__self__", None)
+    kind = type(protocol)
+    if f"{kind.__module__}.{kind.__qualname__}" not in (SANSIO, WSPROTO):
+        return
+    queue: Any = protocol.queue
+    if not isinstance(queue, asyncio.Queue) or getattr(queue, "_getters", None):  # a waiter
+        return
+    box = Mailbox()
+    while not queue.empty():
+        box.put_nowait(queue.get_nowait())
+    protocol.queue = box
 
 
 def trim(sio: socketio.AsyncServer, eio_sid: str, send: Callable[..., Any]) -> None:

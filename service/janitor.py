@@ -28,12 +28,15 @@ class SocketJanitor:
         app: ASGIApp,
         sio: socketio.AsyncServer,
         *,
+        on_start: Callable[[Send], None] | None = None,
         on_open: Callable[[str, Send], None] | None = None,
         on_close: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.sio = sio
-        # Told each session's id with the server's own ASGI send, and when it ends.
+        # Told of each websocket before the app sees it, then of its session id with the
+        # server's own ASGI send, and when it ends.
+        self.on_start = on_start
         self.on_open = on_open
         self.on_close = on_close
 
@@ -42,6 +45,8 @@ class SocketJanitor:
             await self.app(scope, receive, send)
             return
         session: dict[str, Any] = {}
+        if self.on_start is not None:
+            self.on_start(send)
 
         async def noting_send(message: Message) -> None:
             text = message.get("text")

@@ -54,7 +54,7 @@ async def test_a_cancelled_get_leaves_the_mailbox_usable() -> None:
 
 
 async def test_an_open_websocket_keeps_no_handshake_leftovers(server) -> None:
-    """Fails when python-engineio or uvicorn change what footprint.py trims."""
+    """Fails when python-engineio or uvicorn change what footprint.py swaps or trims."""
     spectator = await Player(server.url).connect()
     try:
         await eventually(lambda: spectator.states, timeout=2)
@@ -65,6 +65,7 @@ async def test_an_open_websocket_keeps_no_handshake_leftovers(server) -> None:
         receiver = server.runtime.fanout.receivers[eio_sid]
         protocol = receiver.transport.get_protocol()
         assert protocol.request is None and protocol.response is None
+        assert isinstance(protocol.queue, Mailbox)
         # The session still works both ways afterwards.
         assert await spectator.click(1) == {
             "error": "not_a_player",
