@@ -2,7 +2,7 @@
 
 For each N it starts a fresh instance, opens N spectators (Engine.IO v4 websockets
 without permessage-deflate, spread over --procs processes), measures the idle RSS
-they add, then lets two HTTP players click ~15 times a second each (so every
+they add, then lets four HTTP players click ~15 times a second each (so every
 tick changes) and measures for --duration seconds. One JSON line per (variant, N) on
 stdout, the median of --repeat runs; every run on stderr. Runs alternate between
 variants (before/after), so a noisy machine hits them alike:
@@ -46,6 +46,9 @@ import wire
 from client import SocketIO
 
 TICK = re.compile(r'"tick":(-?\d+)')
+# Players clicking ~15 times a second each: enough that nearly every tick has news even
+# when the machine is busy and their clicks come slower.
+PLAYERS = 4
 
 
 class Watcher(SocketIO):
@@ -126,7 +129,7 @@ def spectators_main(conn: Any, spec: dict[str, Any]) -> None:
 
 
 def _click(url: str, token: str, stop: threading.Event) -> None:
-    """A player clicking ~15 times a second over HTTP; two of them give every tick news."""
+    """A player clicking ~15 times a second over HTTP."""
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
         while not stop.wait(0.066):
             with contextlib.suppress(httpx.HTTPError):
@@ -169,7 +172,7 @@ def run_once(args: argparse.Namespace, label: str, code: Path, extra: list[str],
     try:
         deployment.start(1)
         url, pid = deployment.urls[0], deployment.pids[0]
-        players = asyncio.run(cluster.register([url], 2))
+        players = asyncio.run(cluster.register([url], PLAYERS))
         time.sleep(1.0)
         rss_before = cluster.rss_mb(pid)
         ctx = multiprocessing.get_context("fork")
