@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +112,59 @@ async def test_page_python_socketio_and_raw_engineio_get_the_same_state_bodies(
     for tick in common:
         assert by_tick[0][tick] == by_tick[1][tick] == by_tick[2][tick]
     assert max(by_tick[1][t]["global"] for t in common) == 16
+
+
+async def _watch_states(url: str, arrivals: list[float], stop: asyncio.Event) -> None:
+    """A spectator that reads everything and notes when each state arrived."""
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    async with connect(ws_url, compression=None) as ws:
+        await ws.recv()
+        await ws.send("40")
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                text = str(await asyncio.wait_for(ws.recv(), 0.2))
+                if text == "2":
+                    await ws.send("3")
+                elif text.startswith(STATE):
+                    arrivals.append(time.monotonic())
+
+
+async def test_a_spectator_that_stops_reading_is_cut_and_nobody_else_waits(
+    stack: Stack,
+) -> None:
+    instance = stack.instance()
+    url = instance.url
+    # The stalled client: a small receive buffer, and a websockets client that stops
+    # reading its socket once one message waits unread (max_queue=1).
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", instance.port))
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    stalled = await connect(ws_url, sock=sock, compression=None, max_queue=1)
+    await stalled.recv()
+    await stalled.send("40")
+    arrivals: list[float] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_states(url, arrivals, stop))
+    cut_after = None
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        token = (await http.post("/api/join", json={"username": "Mover"})).json()["token"]
+        while time.monotonic() - started < 25:
+            await http.post("/api/click", json={"n": 1}, headers=bearer(token))
+            metrics = (await http.get("/metrics")).text
+            if "clickky_slow_readers_dropped_total 1.0" in metrics:
+                cut_after = time.monotonic() - started
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(10):  # the others still get states after the cut
+            await http.post("/api/click", json={"n": 1}, headers=bearer(token))
+            await asyncio.sleep(0.1)
+    stop.set()
+    await watcher
+    await stalled.close()
+    assert cut_after is not None, "the stalled spectator was never cut"
+    # Clicks come every ~0.1 s, so a state every tick or two; never a long wait.
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) >= 5 * cut_after, (len(arrivals), cut_after)
+    assert max(gaps) < 1.0, f"the reading spectator waited {max(gaps):.2f} s for a state"
