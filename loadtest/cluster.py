@@ -143,6 +143,7 @@ class Cluster:
     env_extra: dict[str, str] = field(default_factory=dict)
     server_args: list[str] = field(default_factory=list)  # more uvicorn options
     app: str = "service.app:app"
+    cwd: Path = ROOT  # the checkout whose service/ the instances run
     urls: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -178,7 +179,7 @@ class Cluster:
                     *self.server_args,
                 ],
                 env=env,
-                cwd=ROOT,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ import socketio
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
-from service import api, events, metrics, openapi, pages
+from service import api, events, footprint, metrics, openapi, pages
 from service.activity import Feed
 from service.admin import Admins
 from service.audit import AuditLog, Record
@@ -26,6 +27,7 @@ from service.connection import connect_redis
 from service.counter import ClickResult, Counter
 from service.errors import ApiError
 from service.events import player_room
+from service.fanout import Fanout
 from service.frames import FrameServer
 from service.janitor import SocketJanitor
 from service.keys import Keys
@@ -59,6 +61,7 @@ class Runtime:
             logger=False,
             engineio_logger=False,
         )
+        footprint.slim(self.sio)
         self.players: dict[str, Player] = {}
         self.profiles: dict[str, Profile] = {}
         # Connections this instance has counted (a client can send an event named
@@ -67,6 +70,7 @@ class Runtime:
         # Connections whose first state is on its way; broadcasts skip them until then.
         self.welcoming: set[str] = set()
         self.draining = False
+        self.fanout = Fanout()
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner
@@ -84,6 +88,7 @@ class Runtime:
 
     async def broadcast_state(self, body: dict[str, Any]) -> None:
         """Send one tick to every local client but those still waiting for their welcome."""
+        started = time.perf_counter()
         await self.send_state(
             body,
             (
@@ -92,20 +97,35 @@ class Runtime:
                 if sid not in self.welcoming
             ),
         )
+        took = time.perf_counter() - started
+        metrics.FANOUT_SECONDS.observe(took)
+        if took * 1000 > self.settings.broadcast_interval_ms:
+            metrics.FANOUT_OVERRUNS.inc()
 
     async def send_state(self, body: dict[str, Any], eio_sids: Iterable[str]) -> None:
-        """Queue a state message on these sockets, in order and without yielding.
+        """Send a state message to these sockets, in order and without yielding first.
 
-        The packet is encoded once and queued on each socket in turn. python-socketio's
-        emit would start one task per recipient (a quarter of a broadcast's cost), and
-        those tasks could queue a welcome after a newer tick.
+        The packet is encoded once. service/fanout.py writes it straight to the sockets
+        it holds (all of them under uvicorn's websocket protocols) whose Engine.IO queue
+        is empty; any other goes through that queue, behind what waits there (a welcome
+        behind the Socket.IO CONNECT packet). python-socketio's emit would start one
+        task per recipient, and those tasks could queue a welcome after a newer tick.
         """
         encoded = self.sio.packet_class(
             socketio.packet.EVENT, namespace="/", data=["state", body]
         ).encode()
         message = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
-        sent = 0
+        sockets = self.sio.eio.sockets
+        direct: list[str] = []
+        queued: list[str] = []
         for eio_sid in eio_sids:
+            session = sockets.get(eio_sid)
+            (direct if session is not None and not session.queue.qsize() else queued).append(
+                eio_sid
+            )
+        sent, others = self.fanout.send(message.encode(), direct)
+        others += queued
+        for eio_sid in others:
             with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
                 await self.sio.eio.send_packet(eio_sid, message)
                 sent += 1
@@ -261,7 +281,18 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     events.register(runtime)
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
-    janitor = SocketJanitor(asgi, runtime.sio)
+
+    def opened(eio_sid: str, send: Any) -> None:
+        runtime.fanout.attach(eio_sid, send)
+        footprint.trim(runtime.sio, eio_sid, send)
+
+    janitor = SocketJanitor(
+        asgi,
+        runtime.sio,
+        on_start=footprint.adopt,
+        on_open=opened,
+        on_close=runtime.fanout.detach,
+    )
     janitor.runtime = runtime  # type: ignore[attr-defined]
     return janitor
 

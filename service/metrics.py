@@ -113,3 +113,21 @@ _CLUSTER_HELP = {
     "snapshot_failures": "Consecutive failed snapshots.",
     "workers_alive": "Worker processes with a live health key.",
 }
+FANOUT_SECONDS = Histogram(
+    "clickky_fanout_seconds",
+    "Time to write one state message to every local client (one pass of service/fanout.py).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
+FANOUT_OVERRUNS = Counter(
+    "clickky_fanout_overruns_total",
+    "Ticks whose state took longer than a tick to reach every client: the next tick is "
+    "skipped for everyone (fewer states a second, still the newest).",
+)
+STATES_SKIPPED = Counter(
+    "clickky_states_skipped_total",
+    "States a client did not get because its previous data was still unsent.",
+)
+SLOW_READERS_DROPPED = Counter(
+    "clickky_slow_readers_dropped_total",
+    "Connections cut because their unsent data passed the bound or fell too far behind.",
+)
