@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from service import api, events, metrics, pages
+from service.admission import Admission
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
@@ -62,6 +63,7 @@ class Runtime:
         # Connections whose first state is on its way; broadcasts skip them until then.
         self.welcoming: set[str] = set()
         self.draining = False
+        self.admission = Admission(settings.max_wait_ms / 1000)
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner
@@ -113,15 +115,26 @@ class Runtime:
         self.welcoming.discard(sid)
 
     async def click(
-        self, player: Player, n: int, profile: Profile, transport: str
+        self, player: Player, n: int, profile: Profile, transport: str, click_id: str = ""
     ) -> dict[str, int]:
         """Count a click batch from either transport; the ack body, or an ApiError."""
         try:
-            result = await self.counter.click(player, n, self.settings.rate_limit_cps, profile)
+            arrived = self.admission.arrive()
+            result = await self.counter.click(
+                player,
+                n,
+                self.settings.rate_limit_cps,
+                profile,
+                click_id=click_id,
+                arrived=arrived,
+            )
         except ApiError as exc:
             metrics.REFUSED.labels(exc.code).inc()
             raise
-        metrics.CLICKS.labels(transport).inc(n)
+        if result.repeated:
+            metrics.REPEATED.labels(transport).inc()
+        else:
+            metrics.CLICKS.labels(transport).inc(n)
         await self.announce_milestones(player, result)
         return {"user": result.user, "global": result.global_count, "rank": result.rank}
 
@@ -163,7 +176,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Their commands are reads and absolute writes, safe to re-send on a lost reply.
         loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
-        runtime.counter = counter = Counter(redis, runtime.keys)
+        runtime.counter = counter = Counter(redis, runtime.keys, admission=runtime.admission)
         stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)
         runtime.signer = TokenSigner(await token_secret(settings, counter, store))
@@ -183,6 +196,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)
         runtime.bus.on_subscribed = listener.mark_ok
         runtime.loops = [
+            Loop("lag", runtime.admission.probe.step),
             Loop("presence", runtime.presence.step, first_backoff_s=0.5, max_backoff_s=5),
             Loop("ticker", runtime.ticker.step, first_backoff_s=0.2, max_backoff_s=2),
             listener,

@@ -43,6 +43,8 @@ class Settings:
     presence_ttl_s: float = 5.0
     # Origins allowed to open a socket besides the page's own (comma-separated).
     allowed_origins: tuple[str, ...] = ()
+    # The longest a click may wait in an instance before it is refused as overloaded.
+    max_wait_ms: int = 500
     # Set (by gunicorn's config) when several workers share one /metrics.
     prometheus_multiproc_dir: str | None = None
 
@@ -84,6 +86,7 @@ class Settings:
                 for o in config("ALLOWED_ORIGINS", cast=str, default="").split(",")
                 if o.strip()
             ),
+            max_wait_ms=config("MAX_WAIT_MS", cast=int, default=500),
             prometheus_multiproc_dir=config("PROMETHEUS_MULTIPROC_DIR", cast=str, default="")
             or None,
         )
@@ -96,6 +99,7 @@ class Settings:
         _positive("JOIN_RATE_PER_MIN", self.join_rate_per_min)
         _positive("MAX_BODY_BYTES", self.max_body_bytes)
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
+        _positive("MAX_WAIT_MS", self.max_wait_ms)
         if not self.database_url.startswith(("mysql://", "mysql+pymysql://", "sqlite://")):
             raise SettingsError("DATABASE_URL must start with mysql:// or sqlite:///")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
@@ -18,6 +19,7 @@ MAX_SEARCH = 50
 # Bucket widths keep every window to at most a few hundred points.
 WINDOWS = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
 _PUNCTUATION = {" ", "_", "-", "."}
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Counts live in sorted-set scores, doubles exact up to 2**53; an admin may set a
 # count far below that, so clicks on top of it stay exact.
 _MAX_COUNT = 10**12
@@ -79,6 +81,27 @@ def click_n(payload: Any, limit_cps: int = MAX_CLICK_BATCH) -> int:
             "invalid_n", f"n must be at most {limit_cps}, the clicks a player may make a second."
         )
     return n
+
+
+def click_id(raw: Any) -> str:
+    """A click batch's idempotency id: 1-64 of A-Z a-z 0-9 _ - ("" when absent).
+
+    Over HTTP it is the Idempotency-Key header, which the IETF draft defines as a
+    structured-field string ("..."); a bare value is accepted too.
+    """
+    if raw is None:
+        return ""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        raw = raw[1:-1]
+    if not isinstance(raw, str) or not _CLICK_ID.fullmatch(raw):
+        raise invalid("invalid_id", "id must be 1 to 64 of the characters A-Z a-z 0-9 _ -.")
+    return raw
+
+
+def click_body(payload: Any, limit_cps: int = MAX_CLICK_BATCH) -> tuple[int, str]:
+    """The `n` and `id` of a Socket.IO click body ({"n": 3, "id": "..."}, both optional)."""
+    n = click_n(payload, limit_cps)
+    return n, click_id(payload.get("id")) if isinstance(payload, dict) else ""
 
 
 def _query_int(query: Any, name: str, default: int) -> int:

@@ -1,0 +1,178 @@
+"""Admission control: how long a click may wait, and refusing at once the ones that cannot.
+
+The algorithm is controlled delay with adaptive LIFO, as Facebook's "Fail at Scale"
+(ACM Queue, 2015) describes it for its RPC queues. Normally a click may wait up to
+MAX_WAIT_MS. When the queue has not been empty (no clicks waiting, and the event
+loop on time: lag under `target`, a tenth of MAX_WAIT_MS) for a whole `interval`, the
+queue is standing, not absorbing a burst: the allowed wait drops to `target`, and the
+queue is served newest first (older clicks are the likeliest to miss their deadline
+anyway, and their senders the likeliest to have given up). As in Netflix's
+concurrency-limits, the algorithm (`ControlledDelay`) is apart from the limiter that
+applies it (`Admission`), so either can be swapped or tested alone.
+
+A click's wait is the event loop's lag when its handler starts (the time its frame
+most likely sat behind other work: measured by `LagProbe`, a timer that notes how
+late it wakes) plus its time in the counter's queue before its Redis call. A refusal
+is decided from these numbers alone: it never touches Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from service import metrics
+from service.errors import ApiError
+
+# The probe wakes this often; a smaller period finds lag sooner and costs more wake-ups.
+PROBE_PERIOD_S = 0.02
+# A standing queue must last this long before the allowed wait drops (CoDel's interval).
+INTERVAL_S = 0.1
+# Clients are told to come back after this many times the current wait, within bounds.
+RETRY_FACTOR = 4
+MIN_RETRY_S = 0.5
+MAX_RETRY_S = 5.0
+
+
+class ControlledDelay:
+    """The limit algorithm: how long a click may wait now, from when the queue was empty.
+
+    `empty(now)` whenever nothing is waiting; `allowed_s(now)` before admitting.
+    Times are seconds on one monotonic clock.
+    """
+
+    def __init__(
+        self, max_wait_s: float, *, interval_s: float = INTERVAL_S, now: float | None = None
+    ) -> None:
+        self.max_wait_s = max_wait_s
+        self.target_s = max_wait_s / 10
+        self.interval_s = interval_s
+        # When the queue was last seen empty.
+        self.last_empty_s = time.monotonic() if now is None else now
+
+    def congested(self, now: float) -> bool:
+        """True while the queue has not been empty for a whole interval."""
+        return now - self.last_empty_s > self.interval_s
+
+    def allowed_s(self, now: float) -> float:
+        return self.target_s if self.congested(now) else self.max_wait_s
+
+    def empty(self, now: float) -> None:
+        """Nothing is waiting (the click queue is empty and the loop is on time)."""
+        self.last_empty_s = now
+
+
+class LagProbe:
+    """Measures the event loop's lag: how late a timer that should fire every period fires.
+
+    `step` is one iteration of a supervised loop (service.loops.Loop).
+    """
+
+    def __init__(
+        self, period_s: float = PROBE_PERIOD_S, clock: Callable[[], float] = time.monotonic
+    ):
+        self.period_s = period_s
+        self.clock = clock
+        self.last_lag_s = 0.0
+        self.previous_lag_s = 0.0
+        self._due_s: float | None = None  # when the sleeping probe should wake
+
+    async def step(self) -> None:
+        due = self.clock() + self.period_s
+        self._due_s = due
+        await asyncio.sleep(self.period_s)
+        self.previous_lag_s = self.last_lag_s
+        self.last_lag_s = max(0.0, self.clock() - due)
+        self._due_s = None
+        metrics.LOOP_LAG.set(self.last_lag_s)
+
+    def lag_s(self) -> float:
+        """The standing lag: the smaller of the last two measures, or how overdue the probe
+        is right now if that is more. One stall that is over (a pause of the whole process,
+        a long collection) is not a standing queue and should not turn clicks away."""
+        overdue = self.clock() - self._due_s if self._due_s is not None else 0.0
+        return max(overdue, min(self.previous_lag_s, self.last_lag_s))
+
+
+_DETAILS = {
+    "join": "This instance is too busy to take a join now; try again shortly.",
+    "connect": "This instance is too busy to take a connection now; try again shortly.",
+}
+
+
+def overloaded(reason: str, wait_s: float) -> ApiError:
+    """The refusal: 503 `overloaded`, with a retry hint that grows with the wait."""
+    retry = min(MAX_RETRY_S, max(MIN_RETRY_S, RETRY_FACTOR * wait_s))
+    detail = _DETAILS.get(
+        reason, "This instance is too busy to count your click in time; it was not counted."
+    )
+    return ApiError(503, "overloaded", detail, retry_after_s=retry)
+
+
+class Admission:
+    """The limiter: decides, from the loop's lag and the algorithm, whether work may wait.
+
+    A click calls `arrive()` when its handler starts (its estimated arrival time, or an
+    `overloaded` ApiError at once), `expired(arrived)` when its Redis call is about to
+    be made, and `served(arrived)` when it is. Joins and connections call `check()`.
+    """
+
+    def __init__(
+        self,
+        max_wait_s: float,
+        *,
+        probe: LagProbe | None = None,
+        limit: ControlledDelay | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.probe = probe or LagProbe(clock=clock)
+        self.limit = limit or ControlledDelay(max_wait_s, now=clock())
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.limit.max_wait_s
+
+    def arrive(self) -> float:
+        """The click's estimated arrival time; refuses it if its wait is already too long."""
+        now = self.clock()
+        lag = self.probe.lag_s()
+        if lag > self.limit.allowed_s(now):
+            raise self.refuse("lag", lag)
+        return now - lag
+
+    def check(self, what: str) -> None:
+        """Refuse a join or connection while the loop lags more than MAX_WAIT_MS."""
+        lag = self.probe.lag_s()
+        if lag > self.max_wait_s:
+            raise self.refuse(what, lag)
+
+    def expired(self, arrived: float) -> bool:
+        """True when a queued click has waited longer than it may now."""
+        now = self.clock()
+        return now - arrived > self.limit.allowed_s(now)
+
+    def congested(self) -> bool:
+        return self.limit.congested(self.clock())
+
+    def served(self, arrived: float) -> None:
+        """A click's Redis call is being made: record its wait."""
+        metrics.CLICK_WAIT.observe(max(0.0, self.clock() - arrived))
+
+    def drained(self) -> None:
+        """The click queue ran empty: if the loop is on time too, nothing is standing."""
+        if self.probe.lag_s() < self.limit.target_s:
+            self.limit.empty(self.clock())
+
+    def refuse(self, reason: str, wait_s: float) -> ApiError:
+        metrics.OVERLOAD_REFUSED.labels(reason).inc()
+        return overloaded(reason, wait_s)
+
+    def refusal_for(self, arrived: float) -> ApiError:
+        """The refusal of a queued click that waited too long."""
+        return self.refuse("queue", self.clock() - arrived)
+
+    def overloaded(self) -> bool:
+        """For /readyz: the loop lags more than MAX_WAIT_MS, so send new work elsewhere."""
+        return self.probe.lag_s() > self.max_wait_s
