@@ -60,8 +60,9 @@ const live = new Live({
     playerGone("That player no longer exists (an admin may have removed it). Pick a name to play again."),
 });
 
-const clicker = new Clicker((n) => live.click(n), {
+const clicker = new Clicker((n, id) => live.click(n, id), {
   change: render,
+  busy: render,
   ack: (ack) => {
     ackFloor = { value: ack.global, until: performance.now() + 1000 };
     serverGlobal = Math.max(serverGlobal ?? 0, ack.global);
@@ -309,7 +310,9 @@ function render() {
 
 function renderStatus() {
   let extra = "";
-  if (player && clicker.pending) {
+  if (player && clicker.busy) {
+    extra = "busy, your clicks are saved"; // an overloaded server: they are sent again soon
+  } else if (player && clicker.pending) {
     extra = live.connected
       ? `sending ${plural(clicker.pending, "queued click")}`
       : `${plural(clicker.pending, "click")} queued`;
