@@ -8,6 +8,7 @@ means. Typical runs:
     .venv/bin/python loadtest/bench.py --repeat 3           # medians of 3 runs
     .venv/bin/python loadtest/bench.py --scale 1,2,3 --players 150 --duration 15
     .venv/bin/python loadtest/bench.py --url http://127.0.0.1:8201 --url http://...:8202
+    .venv/bin/python loadtest/bench.py --overload 2 --cpu-quota 0.5 --duration 60   # overload
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from typing import Any
 import cluster
 import redis
 import wire
-from client import SocketIO
+from client import Refused, SocketIO
+from quota import CpuQuota
 
 GROUPS = 10  # phase groups per batch interval, so the offered load is smooth, not bursty
 ACK_WAIT_S = 60.0  # after the run, how long to wait for acks still in flight (lost needs all)
+LATE_S = 10.0  # an answer later than this is a time-out for a client (the issue's bound)
 DRAIN_S = 1.5  # after the run, how long spectators keep listening for the last clicks
 STATE_LEN = len(wire.STATE_PREFIX)
 LOCAL = ("from", "to", "draining", "drained")  # book entries that stay in the generator
@@ -48,10 +51,13 @@ LOCAL = ("from", "to", "draining", "drained")  # book entries that stay in the g
 class Player(SocketIO):
     """Clicks on schedule and books every ack: counted, refused (by code), or never answered."""
 
-    def __init__(self, auth: Any, host: str, *, book: dict[str, Any], inst: int) -> None:
+    def __init__(
+        self, auth: Any, host: str, *, book: dict[str, Any], inst: int, single: bool = False
+    ) -> None:
         super().__init__(auth, host)
         self.book = book
         self.inst = inst
+        self.single = single  # one event per click, on schedule, whatever is in flight
         self.pending: dict[int, tuple[float, int]] = {}
         self.credit = random.random()
         self.leaving = False
@@ -68,11 +74,15 @@ class Player(SocketIO):
             book["draining"].discard(self)
             if not book["draining"]:
                 book["drained"].set()
+        if now - sent > LATE_S:
+            book["late"] += n
         _, body = wire.split_ack(text)
         count = body.get("global") if isinstance(body, dict) else None
         if count is None:
             code = body.get("error", "?") if isinstance(body, dict) else "?"
             book["refused"][code] += n
+            if code == "overloaded" and book["from"] <= sent < book["to"]:
+                book["win_overloaded"] += n
             return
         book["acked"] += n
         if book["from"] <= sent < book["to"]:
@@ -124,7 +134,14 @@ async def _open_all(factories: list[Any], concurrency: int = 16) -> list[Any]:
 
     async def one(factory: Any) -> Any:
         async with gate:
-            return await factory()
+            for attempt in range(20):
+                try:
+                    return await factory()
+                except Refused as exc:  # an overloaded instance: come back when it says
+                    body = exc.args[0].get("data", {}) if isinstance(exc.args[0], dict) else {}
+                    if body.get("error") != "overloaded" or attempt == 19:
+                        raise
+                    await asyncio.sleep(body.get("retry_after_ms", 1000) / 1000)
 
     return list(await asyncio.gather(*(one(f) for f in factories)))
 
@@ -138,6 +155,8 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
         "win_acked": 0,
         "win_events": 0,
         "refused": Tally(),
+        "late": 0,
+        "win_overloaded": 0,
         "disconnects": 0,
         "player_states": 0,
         "ack_s": array("d"),
@@ -158,8 +177,12 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
     )
     players: list[Player] = await _open_all(
         [
-            (lambda t=token, i=i: Player.open(urls[i], {"token": t}, book=book, inst=i))
-            for token, i in spec["players"]
+            (
+                lambda t=token, i=i, one=one: Player.open(
+                    urls[i], {"token": t}, book=book, inst=i, single=one
+                )
+            )
+            for token, i, one in spec["players"]
         ]
     )
     loop = asyncio.get_running_loop()
@@ -171,6 +194,10 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
     closed_loop = not spec["open_loop"]
     # The page never sends more than the rate limit in one batch (more is refused whole).
     cap = 50 if spec["open_loop"] else min(50, spec["rate_limit"])
+    # Calibrating: one click per event, one in flight per player (a closed loop, so the
+    # server is saturated without a standing queue): the events/s it can take.
+    if spec["calibrate"]:
+        cap = 1
     step = spec["batch_s"] / GROUPS
     phase = spec["worker"] / spec["workers"] * step
     random.shuffle(players)
@@ -198,6 +225,11 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
             lag.append(now - target)
         for p in groups[k % GROUPS]:
             p.credit += per_batch
+            if p.single:
+                while p.credit >= 1 and not p.closed:
+                    p.credit -= 1
+                    p.click(1, now)
+                continue
             if closed_loop and p.pending:
                 continue  # like the page: one batch in flight; later clicks join the next
             n = min(int(p.credit), cap)
@@ -308,6 +340,8 @@ def summarize(
     refused: Tally[str] = Tally()
     for b in books:
         refused.update(b["refused"])
+    sent = sum(b["sent"] for b in books)
+    refused_all = sum(refused.values())
     clicks = [
         (t, g, i)
         for b in books
@@ -376,6 +410,14 @@ def summarize(
         "unsent_at_end": sum(r["unsent"] for r in results),
         "mean_batch_n": round(win_acked / win_events, 2) if win_events else None,
         "extra_counted": max(0, delta - acked),
+        "sent": sent,
+        # The issue's equation: every click sent was answered (counted or refused), and the
+        # counter moved by exactly the clicks acknowledged.
+        "exact": sent == acked + refused_all + sum(r["unacked"] for r in results)
+        and delta == acked
+        and sum(r["unacked"] for r in results) == 0,
+        "answered_late": sum(b["late"] for b in books),
+        "refused_per_s": round(sum(b["win_overloaded"] for b in books) / duration, 1),
         "refused_rate_limited": refused.pop("rate_limited", 0),
         "refused_other": dict(refused),
         "disconnects": sum(b["disconnects"] for b in books),
@@ -427,7 +469,8 @@ def run_once(
 ) -> dict[str, Any]:
     urls = deployment.urls
     k = len(urls)
-    players = [(tokens[i], i % k) for i in range(args.players)]
+    # The first --single-players send one event per click; the rest batch like the page.
+    players = [(tokens[i], i % k, i < args.single_players) for i in range(args.players)]
     spectators = [j % k for j in range(args.spectators)]
     ctx = multiprocessing.get_context("spawn")
     workers = max(1, args.procs)
@@ -443,6 +486,7 @@ def run_once(
             "rate_limit": args.rate_limit_cps or 20,
             "deflate": args.deflate,
             "batch_s": args.batch_ms / 1000,
+            "calibrate": getattr(args, "calibrating", False),
             "worker": w,
             "workers": workers,
         }
@@ -553,6 +597,49 @@ def start_profilers(
     return procs
 
 
+OVERLOAD_BAR = {"visible_ms_p99": 1000, "states_per_s": 8, "goodput": 0.75}
+
+
+def overload_bar(line: dict[str, Any]) -> dict[str, bool]:
+    """Issue 10's bar for an --overload run, judged against the calibrated capacity."""
+    capacity = line["capacity_events_per_s"]
+    return {
+        "visible_p99<=1s": (line["visible_ms_p99"] or 1e9) <= OVERLOAD_BAR["visible_ms_p99"],
+        "states>=8/s": line["spectator_msgs_per_s"] >= OVERLOAD_BAR["states_per_s"],
+        "goodput>=75%": line["click_events_per_s"] >= OVERLOAD_BAR["goodput"] * capacity,
+        "no_timeouts": line["answered_late"] == 0 and line["unacked"] == 0,
+        "counted==acked": line["exact"],
+    }
+
+
+def overload_run(
+    args: argparse.Namespace, deployment: cluster.Cluster, tokens: list[str], run_no: int
+) -> dict[str, Any]:
+    """Measure capacity (click events/s, one click per event, one in flight per player), then
+    offer --overload times that from one-event-per-click players plus --page-players."""
+    calibration = argparse.Namespace(**vars(args))
+    calibration.calibrating = True
+    calibration.duration = args.calibrate
+    calibration.single_players = 0
+    calibration.players = min(args.users, args.players)
+    probe = run_once(calibration, deployment, tokens, run_no)
+    print(json.dumps({"calibration": probe}), file=sys.stderr, flush=True)
+    capacity = probe["click_events_per_s"]
+    measured = argparse.Namespace(**vars(args))
+    singles = int(args.overload * capacity / args.cps + 0.5)
+    measured.single_players = singles
+    measured.players = singles + args.page_players
+    if measured.players > len(tokens):
+        raise RuntimeError(f"--overload needs {measured.players} users; raise --users")
+    line = run_once(measured, deployment, tokens, run_no)
+    line["capacity_events_per_s"] = capacity
+    line["overload"] = args.overload
+    line["single_players"] = singles
+    line["page_players"] = args.page_players
+    line["cpu_quota_cores"] = args.cpu_quota
+    return line
+
+
 BAR = {"clicks_per_s": 4000, "lost": 0, "visible_ms_p99": 250, "spectator_payload_Bps": 5000}
 
 
@@ -587,6 +674,8 @@ def median_line(lines: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = value
     merged["lost"] = sum(line["lost"] for line in lines)  # any loss in any run counts
     merged["unacked"] = sum(line["unacked"] for line in lines)
+    if "exact" in merged:
+        merged["exact"] = all(line["exact"] for line in lines)
     merged["runs"] = len(lines)
     for key in ("clicks_per_s", "visible_ms_p99", "server_cpu_ms_per_click"):
         merged[f"runs_{key}"] = [line[key] for line in lines]
@@ -679,6 +768,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="an extra uvicorn option for started instances, e.g. --server-arg=--loop=asyncio",
     )
+    p.add_argument(
+        "--overload",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="measure capacity for --calibrate s, then offer FACTOR times it (issue 10)",
+    )
+    p.add_argument("--calibrate", type=float, default=10.0, help="seconds of capacity probe")
+    p.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="run the started instances in one cgroup v1 cpu group of this many cores (root)",
+    )
+    p.add_argument(
+        "--single-players",
+        type=int,
+        default=0,
+        help="this many players send one event per click, on schedule (open loop)",
+    )
+    p.add_argument(
+        "--page-players",
+        type=int,
+        default=20,
+        help="with --overload: players batching like the page, besides the single-click ones",
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy record the instances into DIR")
     p.add_argument("--dump", metavar="PATH", help="pickle each run's raw samples to PATH.*")
     p.add_argument("--keep", action="store_true", help="keep the instances' logs (work dir)")
@@ -720,10 +836,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     failed = False
     tokens: list[str] = []
+    quota = CpuQuota(args.cpu_quota).__enter__() if args.cpu_quota else None
     try:
         for count in counts:
             if not args.url:
                 deployment.start(count)
+            for pid in deployment.pids if quota else ():
+                quota.add(pid)
             if not tokens:
                 started = time.monotonic()
                 memory_before = cluster.redis_used_memory(deployment.redis_url)
@@ -752,22 +871,25 @@ def main(argv: list[str] | None = None) -> int:
                 if run_no:
                     time.sleep(args.pause)
                 waited = wait_quiet(args.quiet_wait, args.quiet_pct)
-                line = run_once(args, deployment, tokens, run_no)
+                runner = overload_run if args.overload else run_once
+                line = runner(args, deployment, tokens, run_no)
                 line["quiet_wait_s"] = waited
                 if args.own_redis:
                     line["redis_bytes_per_user"] = round(per_user)
-                line["bar"] = bar(line)
+                line["bar"] = overload_bar(line) if args.overload else bar(line)
                 print(json.dumps({"run": run_no + 1, **line}), file=sys.stderr, flush=True)
                 lines.append(line)
             summary = median_line(lines) if len(lines) > 1 else lines[0]
-            summary["bar"] = bar(summary)
+            summary["bar"] = overload_bar(summary) if args.overload else bar(summary)
             summary["bar_met"] = all(summary["bar"].values())
-            failed = failed or summary["lost"] > 0
+            failed = failed or summary["lost"] > 0 or summary["extra_counted"] > 0
             print(json.dumps({"bench": "clickky", **info, **summary}), flush=True)
             if not args.url:
                 deployment.stop()
     finally:
         deployment.stop()
+        if quota is not None:
+            quota.__exit__(None, None, None)
         if not args.url:
             deployment.delete_keys()
         if private is not None:

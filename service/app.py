@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from service import api, events, metrics, pages
-from service.admission import Admission
+from service.admission import Admission, Arrival, ClickGate
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
 from service.bus import Bus
@@ -64,6 +64,7 @@ class Runtime:
         self.welcoming: set[str] = set()
         self.draining = False
         self.admission = Admission(settings.max_wait_ms / 1000)
+        self.arrivals: dict[str, Arrival] = {}  # per connection, stamped by the ClickGate
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner
@@ -112,14 +113,21 @@ class Runtime:
             self.presence.disconnected()
         self.players.pop(sid, None)
         self.profiles.pop(sid, None)
+        self.arrivals.pop(sid, None)
         self.welcoming.discard(sid)
 
     async def click(
-        self, player: Player, n: int, profile: Profile, transport: str, click_id: str = ""
+        self,
+        player: Player,
+        n: int,
+        profile: Profile,
+        transport: str,
+        click_id: str = "",
+        arrival: Arrival | None = None,
     ) -> dict[str, int]:
         """Count a click batch from either transport; the ack body, or an ApiError."""
         try:
-            arrived = self.admission.arrive()
+            arrived = self.admission.arrive(arrival)
             result = await self.counter.click(
                 player,
                 n,
@@ -244,7 +252,7 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     events.register(runtime)
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
-    janitor = SocketJanitor(asgi, runtime.sio)
+    janitor = SocketJanitor(ClickGate(asgi, runtime.admission), runtime.sio)
     janitor.runtime = runtime  # type: ignore[attr-defined]
     return janitor
 

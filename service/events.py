@@ -13,6 +13,7 @@ import socketio
 from redis.exceptions import RedisError
 
 from service import metrics
+from service.admission import ARRIVAL_KEY
 from service.breakdown import Profile, classify, country_of
 from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
@@ -91,6 +92,9 @@ def register(rt: Runtime) -> None:
         except BaseException:
             rt.welcoming.discard(sid)
             raise
+        arrival = environ.get("asgi.scope", {}).get(ARRIVAL_KEY)
+        if arrival is not None:
+            rt.arrivals[sid] = arrival
         if player is not None:
             rt.players[sid] = player
             rt.profiles[sid] = _profile(environ)
@@ -123,7 +127,8 @@ def register(rt: Runtime) -> None:
         if len(args) > 1:
             raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
         n, click_id = click_body(args[0] if args else None, rt.settings.rate_limit_cps)
-        return await rt.click(player, n, rt.profiles.get(sid, ANONYMOUS), "socket", click_id)
+        profile = rt.profiles.get(sid, ANONYMOUS)
+        return await rt.click(player, n, profile, "socket", click_id, rt.arrivals.get(sid))
 
     @sio.on("*")
     @_acknowledged
