@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from service.admission import Admission, ControlledDelay, LagProbe
+from service.admission import ARRIVAL_KEY, Admission, ClickGate, ControlledDelay, LagProbe
 from service.connection import connect_redis
 from service.counter import Counter
 from service.errors import ApiError
@@ -184,3 +186,37 @@ async def test_an_overloaded_instance_refuses_at_once_over_both_transports(serve
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_gate_refuses_a_click_that_sat_in_the_buffers() -> None:
+    clock = Clock()
+    admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
+    frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    seen: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+    scope: dict[str, Any] = {"type": "websocket"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (message := await receive())["type"] != "websocket.disconnect":
+            seen.append(message)
+            if len(seen) == 1:
+                clock.now += 0.6  # the first frame keeps the server busy; the rest queue up
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    def frame(text: str) -> dict[str, Any]:
+        return {"type": "websocket.receive", "text": text}
+
+    gate = asyncio.create_task(ClickGate(app, admission)(scope, frames.get, send))
+    await asyncio.sleep(0)  # the app waits for its first frame: the queue was empty
+    clock.now += 0.1
+    arrived = clock.now
+    for text in ('420["click",{"n":1}]', '421["click",{"n":1,"id":"a"}]', '42["nope"]'):
+        frames.put_nowait(frame(text))
+    frames.put_nowait({"type": "websocket.disconnect"})
+    await gate
+    assert scope[ARRIVAL_KEY].at == arrived  # the queued frames kept the first one's stamp
+    assert [m["text"] for m in seen] == ['420["click",{"n":1}]', '42["nope"]']
+    assert len(sent) == 1 and sent[0]["text"].startswith('431[{"error":"overloaded"')
+    assert json.loads(sent[0]["text"][3:])[0]["retry_after_ms"] >= 500

@@ -18,6 +18,7 @@ from tests.support import ROOT
 pytestmark = pytest.mark.system
 
 
+@pytest.mark.timeout(240)
 def test_twice_the_capacity_is_refused_truthfully_and_the_rest_served_in_time(
     redis_url: str,
 ) -> None:
@@ -31,7 +32,7 @@ def test_twice_the_capacity_is_refused_truthfully_and_the_rest_served_in_time(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=200,
     )
     assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-4000:]
     line = json.loads(bench.stdout.strip().splitlines()[-1])
