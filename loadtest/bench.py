@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_left
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import httpx
 import redis
 import wire
 from client import Refused, SocketIO
@@ -606,10 +608,57 @@ def overload_bar(line: dict[str, Any]) -> dict[str, bool]:
     return {
         "visible_p99<=1s": (line["visible_ms_p99"] or 1e9) <= OVERLOAD_BAR["visible_ms_p99"],
         "states>=8/s": line["spectator_msgs_per_s"] >= OVERLOAD_BAR["states_per_s"],
+        "reads<=1s": (line["state_read_ms_max"] or 1e9) <= 1000
+        and (line["page_read_ms_max"] or 1e9) <= 1000
+        and line["reads_failed"] == 0,
         "goodput>=75%": line["click_events_per_s"] >= OVERLOAD_BAR["goodput"] * capacity,
         "no_timeouts": line["answered_late"] == 0 and line["unacked"] == 0,
         "counted==acked": line["exact"],
     }
+
+
+class ReadPoller(threading.Thread):
+    """Reads GET /api/state and the play page from every instance, one after the other,
+    through a run: how long a person waits for them while the instances are overloaded."""
+
+    PATHS = ("/api/state", "/")
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.stop = threading.Event()
+        self.seconds: dict[str, list[float]] = {path: [] for path in self.PATHS}
+        self.failed = 0
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self.stop.wait(0.2):
+                for url in self.urls:
+                    for path in self.PATHS:
+                        started = time.monotonic()
+                        try:
+                            ok = http.get(url + path).status_code == 200
+                        except httpx.HTTPError:
+                            ok = False
+                        self.seconds[path].append(time.monotonic() - started)
+                        self.failed += not ok
+
+    def __enter__(self) -> ReadPoller:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(15)
+
+    def figures(self) -> dict[str, Any]:
+        state, page = self.seconds["/api/state"], self.seconds["/"]
+        return {
+            "state_read_ms_p99": ms(percentile(state, 99)),
+            "state_read_ms_max": ms(max(state, default=None)),
+            "page_read_ms_max": ms(max(page, default=None)),
+            "reads_failed": self.failed,
+        }
 
 
 def overload_run(
@@ -627,11 +676,14 @@ def overload_run(
     capacity = probe["click_events_per_s"]
     measured = argparse.Namespace(**vars(args))
     singles = int(args.overload * capacity / args.cps + 0.5)
+    poller = ReadPoller(deployment.urls)
     measured.single_players = singles
     measured.players = singles + args.page_players
     if measured.players > len(tokens):
         raise RuntimeError(f"--overload needs {measured.players} users; raise --users")
-    line = run_once(measured, deployment, tokens, run_no)
+    with poller:
+        line = run_once(measured, deployment, tokens, run_no)
+    line.update(poller.figures())
     line["capacity_events_per_s"] = capacity
     line["overload"] = args.overload
     line["single_players"] = singles

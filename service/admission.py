@@ -3,8 +3,10 @@
 The algorithm is controlled delay with adaptive LIFO, as Facebook's "Fail at Scale"
 (ACM Queue, 2015) describes it for its RPC queues. Normally a click may wait up to
 MAX_WAIT_MS. When the queue has not been empty (no clicks waiting, and the event
-loop on time: lag under `target`, a quarter of MAX_WAIT_MS) for a whole `interval`, the
-queue is standing, not absorbing a burst: the allowed wait drops to `target`, and the
+loop on time: lag under `target`, a quarter of MAX_WAIT_MS) for a whole `interval`, or
+a click had to be refused within the last interval (frames stand in socket buffers the
+counter's queue never sees), the queue is standing, not absorbing a burst: the allowed
+wait drops to `target` until an interval passes without either, and the
 queue is served newest first (older clicks are the likeliest to miss their deadline
 anyway, and their senders the likeliest to have given up). As in Netflix's
 concurrency-limits, the algorithm (`ControlledDelay`) is apart from the limiter that
@@ -60,12 +62,20 @@ class ControlledDelay:
         # a target under that would refuse every click (measured: goodput fell to 1 %).
         self.target_s = max_wait_s / TARGET_DIVISOR
         self.interval_s = interval_s
-        # When the queue was last seen empty.
+        # When the queue was last seen empty, and when a click last had to be refused.
         self.last_empty_s = time.monotonic() if now is None else now
+        self.last_refusal_s = -interval_s
 
     def congested(self, now: float) -> bool:
-        """True while the queue has not been empty for a whole interval."""
-        return now - self.last_empty_s > self.interval_s
+        """True while the queue has not been empty for a whole interval, or a click had to
+        be refused within the last interval (so the short limit holds while it drains)."""
+        return (
+            now - self.last_empty_s > self.interval_s or now - self.last_refusal_s < self.interval_s
+        )
+
+    def refused(self, now: float) -> None:
+        """A click waited longer than allowed: a queue stands somewhere."""
+        self.last_refusal_s = now
 
     def allowed_s(self, now: float) -> float:
         return self.target_s if self.congested(now) else self.max_wait_s
@@ -186,6 +196,8 @@ class Admission:
             self.limit.empty(self.clock())
 
     def refuse(self, reason: str, wait_s: float) -> ApiError:
+        if reason in ("lag", "backlog", "queue"):
+            self.limit.refused(self.clock())
         metrics.OVERLOAD_REFUSED.labels(reason).inc()
         return overloaded(reason, wait_s)
 

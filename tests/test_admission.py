@@ -45,6 +45,12 @@ def test_allowed_wait_drops_only_after_a_standing_queue() -> None:
     # Once the queue is seen empty, back to the full limit.
     delay.empty(now + 0.2)
     assert delay.allowed_s(now + 0.25) == 0.5
+    # A refusal keeps the short limit for an interval, queue empty or not.
+    delay.refused(now + 0.3)
+    delay.empty(now + 0.31)
+    assert delay.allowed_s(now + 0.35) == pytest.approx(0.125)
+    delay.empty(now + 0.42)
+    assert delay.allowed_s(now + 0.42) == 0.5
 
 
 def test_probe_ignores_one_stall_but_not_a_standing_lag() -> None:

@@ -1,6 +1,7 @@
 """Two real instances on half a core (a cgroup v1 CPU quota) offered twice what they serve,
 by players sending one event per click: every click is answered, refused clicks are not
-counted, counted ones are acknowledged, accepted clicks wait bounded, ticks keep coming.
+counted, counted ones are acknowledged, accepted clicks wait bounded, ticks keep coming,
+and GET /api/state and the play page answer within a second.
 
 It runs the benchmark's overload mode (loadtest/bench.py --overload), short.
 """
@@ -48,3 +49,6 @@ def test_twice_the_capacity_is_refused_truthfully_and_the_rest_served_in_time(
     assert line["ack_ms_p99"] <= 1000, report
     assert line["visible_ms_p99"] <= 1000, report
     assert line["spectator_msgs_per_s"] >= 8, report
+    # GET /api/state and the play page answer within a second, every time.
+    assert line["reads_failed"] == 0, report
+    assert line["state_read_ms_max"] <= 1000 and line["page_read_ms_max"] <= 1000, report

@@ -403,8 +403,10 @@ function announce(text) {
 // -- clicks not sent survive a reload -------------------------------------------
 function saveQueue() {
   if (!player) return;
-  if (clicker.pending) {
-    localStorage.setItem(QUEUE_KEY, JSON.stringify({ token: player.token, n: clicker.pending }));
+  if (clicker.pending || clicker.uncertain) {
+    // A held batch keeps its id, so sending it again after the reload counts it at most once.
+    const held = clicker.uncertain ? { id: clicker.heldId, n: clicker.uncertain } : undefined;
+    localStorage.setItem(QUEUE_KEY, JSON.stringify({ token: player.token, n: clicker.pending, held }));
   } else if (localStorage.getItem(QUEUE_KEY)) {
     localStorage.removeItem(QUEUE_KEY);
   }
@@ -446,9 +448,14 @@ async function loadCountries() {
 if (player?.token && player?.username) {
   becomePlayer(player, null);
   const saved = readJson(localStorage, QUEUE_KEY);
-  if (saved?.token === player.token && saved.n > 0) {
-    clicker.queued = Math.floor(saved.n);
-    notice(`${plural(saved.n, "click")} from last time will be sent now.`, "info");
+  if (saved?.token === player.token && (saved.n > 0 || saved.held?.n > 0)) {
+    clicker.queued = Math.floor(saved.n) || 0;
+    if (saved.held?.n > 0 && typeof saved.held.id === "string") {
+      clicker.uncertain = Math.floor(saved.held.n);
+      clicker.heldId = saved.held.id;
+    }
+    const total = clicker.queued + clicker.uncertain;
+    notice(`${plural(total, "click")} from last time will be sent now.`, "info");
   }
   refreshMe(true);
 } else {
