@@ -28,6 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -151,6 +152,7 @@ class Admission:
         self.clock = clock
         self.probe = probe or LagProbe(clock=clock)
         self.limit = limit or ControlledDelay(max_wait_s, now=clock())
+        self._refusals: dict[str, Any] = {}
 
     @property
     def max_wait_s(self) -> float:
@@ -198,7 +200,10 @@ class Admission:
     def refuse(self, reason: str, wait_s: float) -> ApiError:
         if reason in ("lag", "backlog", "queue"):
             self.limit.refused(self.clock())
-        metrics.OVERLOAD_REFUSED.labels(reason).inc()
+        counter = self._refusals.get(reason)
+        if counter is None:  # labels() costs a lock and a lookup: keep each child
+            counter = self._refusals[reason] = metrics.OVERLOAD_REFUSED.labels(reason)
+        counter.inc()
         return overloaded(reason, wait_s)
 
     def refusal_for(self, arrived: float) -> ApiError:
@@ -248,6 +253,7 @@ class ClickGate:
             await self.app(scope, receive, send)
             return
         admission = self.admission
+        refused = metrics.REFUSED.labels("overloaded")
         arrival = Arrival(admission.clock())
         scope[ARRIVAL_KEY] = arrival
         loop = asyncio.get_running_loop()
@@ -269,7 +275,7 @@ class ClickGate:
                 refusal = admission.late(arrival.at)
                 if refusal is None:
                     return message
-                metrics.REFUSED.labels(refusal.code).inc()
+                refused.inc()
                 body = json.dumps([refusal.body()], separators=(",", ":"))
                 await send({"type": "websocket.send", "text": f"43{frame.group(1)}{body}"})
 
