@@ -124,3 +124,18 @@ async def test_a_repeat_after_a_redis_crash_counts_once(tmp_path) -> None:
             await redis.aclose()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("bad", [123, "", "a" * 65, "dé", ["x"], {"id": "x"}, "a b", "a:b"])
+async def test_a_bad_id_is_refused_and_counts_nothing(server, client, bad) -> None:
+    token = await join(client, "Dee")
+    player = await Player(server.url, token).connect()
+    try:
+        ack = await player.sio.call("click", {"n": 1, "id": bad}, timeout=10)
+        assert ack["error"] == "invalid_id", ack
+    finally:
+        await player.close()
+    if isinstance(bad, str) and bad.isascii():
+        response = await client.post("/api/click", headers=_headers(token, bad), json={"n": 1})
+        assert response.status_code == 422 and response.json()["error"] == "invalid_id"
+    assert (await client.get("/api/state")).json()["global"] == 0
