@@ -142,7 +142,8 @@ async def _open_all(factories: list[Any], concurrency: int = 16) -> list[Any]:
                 try:
                     return await factory()
                 except Refused as exc:  # an overloaded instance: come back when it says
-                    body = exc.args[0].get("data", {}) if isinstance(exc.args[0], dict) else {}
+                    data = exc.body.get("data") if isinstance(exc.body, dict) else None
+                    body = data if isinstance(data, dict) else {}
                     if body.get("error") != "overloaded" or attempt == 19:
                         raise
                     await asyncio.sleep(body.get("retry_after_ms", 1000) / 1000)
