@@ -8,6 +8,7 @@ means. Typical runs:
     .venv/bin/python loadtest/bench.py --repeat 3           # medians of 3 runs
     .venv/bin/python loadtest/bench.py --scale 1,2,3 --players 150 --duration 15
     .venv/bin/python loadtest/bench.py --url http://127.0.0.1:8201 --url http://...:8202
+    .venv/bin/python loadtest/bench.py --overload 2 --cpu-quota 0.5 --duration 60   # overload
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_left
@@ -33,12 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import httpx
 import redis
 import wire
-from client import SocketIO
+from client import Refused, SocketIO
+from quota import CpuQuota
 
 GROUPS = 10  # phase groups per batch interval, so the offered load is smooth, not bursty
 ACK_WAIT_S = 60.0  # after the run, how long to wait for acks still in flight (lost needs all)
+LATE_S = 10.0  # an answer later than this is a time-out for a client (the issue's bound)
 DRAIN_S = 1.5  # after the run, how long spectators keep listening for the last clicks
 STATE_LEN = len(wire.STATE_PREFIX)
 LOCAL = ("from", "to", "draining", "drained")  # book entries that stay in the generator
@@ -48,10 +53,13 @@ LOCAL = ("from", "to", "draining", "drained")  # book entries that stay in the g
 class Player(SocketIO):
     """Clicks on schedule and books every ack: counted, refused (by code), or never answered."""
 
-    def __init__(self, auth: Any, host: str, *, book: dict[str, Any], inst: int) -> None:
+    def __init__(
+        self, auth: Any, host: str, *, book: dict[str, Any], inst: int, single: bool = False
+    ) -> None:
         super().__init__(auth, host)
         self.book = book
         self.inst = inst
+        self.single = single  # one event per click, on schedule, whatever is in flight
         self.pending: dict[int, tuple[float, int]] = {}
         self.credit = random.random()
         self.leaving = False
@@ -60,6 +68,8 @@ class Player(SocketIO):
         self.pending[self.emit("click", {"n": n})] = (now, n)
         self.book["sent"] += n
         self.book["sent_events"] += 1
+        if self.book["from"] <= now < self.book["to"]:
+            self.book["win_sent_events"] += 1
 
     def on_ack(self, ack_id: int, text: str, now: float) -> None:
         sent, n = self.pending.pop(ack_id, (0.0, 0))
@@ -68,11 +78,15 @@ class Player(SocketIO):
             book["draining"].discard(self)
             if not book["draining"]:
                 book["drained"].set()
+        if now - sent > LATE_S:
+            book["late"] += n
         _, body = wire.split_ack(text)
         count = body.get("global") if isinstance(body, dict) else None
         if count is None:
             code = body.get("error", "?") if isinstance(body, dict) else "?"
             book["refused"][code] += n
+            if code == "overloaded" and book["from"] <= sent < book["to"]:
+                book["win_overloaded"] += n
             return
         book["acked"] += n
         if book["from"] <= sent < book["to"]:
@@ -124,7 +138,15 @@ async def _open_all(factories: list[Any], concurrency: int = 16) -> list[Any]:
 
     async def one(factory: Any) -> Any:
         async with gate:
-            return await factory()
+            for attempt in range(20):
+                try:
+                    return await factory()
+                except Refused as exc:  # an overloaded instance: come back when it says
+                    data = exc.body.get("data") if isinstance(exc.body, dict) else None
+                    body = data if isinstance(data, dict) else {}
+                    if body.get("error") != "overloaded" or attempt == 19:
+                        raise
+                    await asyncio.sleep(body.get("retry_after_ms", 1000) / 1000)
 
     return list(await asyncio.gather(*(one(f) for f in factories)))
 
@@ -134,10 +156,13 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
     book: dict[str, Any] = {
         "sent": 0,
         "sent_events": 0,
+        "win_sent_events": 0,
         "acked": 0,
         "win_acked": 0,
         "win_events": 0,
         "refused": Tally(),
+        "late": 0,
+        "win_overloaded": 0,
         "disconnects": 0,
         "player_states": 0,
         "ack_s": array("d"),
@@ -158,8 +183,12 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
     )
     players: list[Player] = await _open_all(
         [
-            (lambda t=token, i=i: Player.open(urls[i], {"token": t}, book=book, inst=i))
-            for token, i in spec["players"]
+            (
+                lambda t=token, i=i, one=one: Player.open(
+                    urls[i], {"token": t}, book=book, inst=i, single=one
+                )
+            )
+            for token, i, one in spec["players"]
         ]
     )
     loop = asyncio.get_running_loop()
@@ -171,6 +200,10 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
     closed_loop = not spec["open_loop"]
     # The page never sends more than the rate limit in one batch (more is refused whole).
     cap = 50 if spec["open_loop"] else min(50, spec["rate_limit"])
+    # Calibrating: one click per event, one in flight per player (a closed loop, so the
+    # server is saturated without a standing queue): the events/s it can take.
+    if spec["calibrate"]:
+        cap = 1
     step = spec["batch_s"] / GROUPS
     phase = spec["worker"] / spec["workers"] * step
     random.shuffle(players)
@@ -198,6 +231,11 @@ async def _generate(conn: Any, spec: dict[str, Any]) -> None:
             lag.append(now - target)
         for p in groups[k % GROUPS]:
             p.credit += per_batch
+            if p.single:
+                while p.credit >= 1 and not p.closed:
+                    p.credit -= 1
+                    p.click(1, now)
+                continue
             if closed_loop and p.pending:
                 continue  # like the page: one batch in flight; later clicks join the next
             n = min(int(p.credit), cap)
@@ -308,6 +346,8 @@ def summarize(
     refused: Tally[str] = Tally()
     for b in books:
         refused.update(b["refused"])
+    sent = sum(b["sent"] for b in books)
+    refused_all = sum(refused.values())
     clicks = [
         (t, g, i)
         for b in books
@@ -351,6 +391,7 @@ def summarize(
     delta = extra.pop("counter_delta")
     evalsha_calls, evalsha_usec = extra.pop("redis_evalsha")
     win_events = sum(b["win_events"] for b in books)
+    win_sent = sum(b["win_sent_events"] for b in books)
     line: dict[str, Any] = {
         "instances": instances,
         "users": args.users,
@@ -376,6 +417,14 @@ def summarize(
         "unsent_at_end": sum(r["unsent"] for r in results),
         "mean_batch_n": round(win_acked / win_events, 2) if win_events else None,
         "extra_counted": max(0, delta - acked),
+        "sent": sent,
+        # The issue's equation: every click sent was answered (counted or refused), and the
+        # counter moved by exactly the clicks acknowledged.
+        "exact": sent == acked + refused_all + sum(r["unacked"] for r in results)
+        and delta == acked
+        and sum(r["unacked"] for r in results) == 0,
+        "answered_late": sum(b["late"] for b in books),
+        "refused_per_s": round(sum(b["win_overloaded"] for b in books) / duration, 1),
         "refused_rate_limited": refused.pop("rate_limited", 0),
         "refused_other": dict(refused),
         "disconnects": sum(b["disconnects"] for b in books),
@@ -403,6 +452,11 @@ def summarize(
         "server_cpu_ms_per_event": round(1000 * server_cpu / win_events, 4)
         if server_cpu and win_events
         else None,
+        # Per click event sent in the window, served or refused: when nearly all are refused
+        # (far over capacity), this is about what a refusal costs (ticks included).
+        "server_cpu_ms_per_sent_event": round(1000 * server_cpu / win_sent, 4)
+        if server_cpu and win_sent
+        else None,
         "redis_cpu_pct": round(100 * redis_cpu / duration, 1),
         "redis_cpu_ms_per_click": round(1000 * redis_cpu / win_acked, 4) if win_acked else None,
         # Server-side time of EVALSHA (the click script, plus a few tick reads) from
@@ -427,7 +481,8 @@ def run_once(
 ) -> dict[str, Any]:
     urls = deployment.urls
     k = len(urls)
-    players = [(tokens[i], i % k) for i in range(args.players)]
+    # The first --single-players send one event per click; the rest batch like the page.
+    players = [(tokens[i], i % k, i < args.single_players) for i in range(args.players)]
     spectators = [j % k for j in range(args.spectators)]
     ctx = multiprocessing.get_context("spawn")
     workers = max(1, args.procs)
@@ -443,6 +498,7 @@ def run_once(
             "rate_limit": args.rate_limit_cps or 20,
             "deflate": args.deflate,
             "batch_s": args.batch_ms / 1000,
+            "calibrate": getattr(args, "calibrating", False),
             "worker": w,
             "workers": workers,
         }
@@ -553,6 +609,99 @@ def start_profilers(
     return procs
 
 
+OVERLOAD_BAR = {"visible_ms_p99": 1000, "states_per_s": 8, "goodput": 0.75}
+
+
+def overload_bar(line: dict[str, Any]) -> dict[str, bool]:
+    """Issue 10's bar for an --overload run, judged against the calibrated capacity."""
+    capacity = line["capacity_events_per_s"]
+    return {
+        "visible_p99<=1s": (line["visible_ms_p99"] or 1e9) <= OVERLOAD_BAR["visible_ms_p99"],
+        "states>=8/s": line["spectator_msgs_per_s"] >= OVERLOAD_BAR["states_per_s"],
+        "reads<=1s": (line["state_read_ms_max"] or 1e9) <= 1000
+        and (line["page_read_ms_max"] or 1e9) <= 1000
+        and line["reads_failed"] == 0,
+        "goodput>=75%": line["click_events_per_s"] >= OVERLOAD_BAR["goodput"] * capacity,
+        "no_timeouts": line["answered_late"] == 0 and line["unacked"] == 0,
+        "counted==acked": line["exact"],
+    }
+
+
+class ReadPoller(threading.Thread):
+    """Reads GET /api/state and the play page from every instance, one after the other,
+    through a run: how long a person waits for them while the instances are overloaded."""
+
+    PATHS = ("/api/state", "/")
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.stop = threading.Event()
+        self.seconds: dict[str, list[float]] = {path: [] for path in self.PATHS}
+        self.failed = 0
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self.stop.wait(0.2):
+                for url in self.urls:
+                    for path in self.PATHS:
+                        started = time.monotonic()
+                        try:
+                            ok = http.get(url + path).status_code == 200
+                        except httpx.HTTPError:
+                            ok = False
+                        self.seconds[path].append(time.monotonic() - started)
+                        self.failed += not ok
+
+    def __enter__(self) -> ReadPoller:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(15)
+
+    def figures(self) -> dict[str, Any]:
+        state, page = self.seconds["/api/state"], self.seconds["/"]
+        return {
+            "state_read_ms_p99": ms(percentile(state, 99)),
+            "state_read_ms_max": ms(max(state, default=None)),
+            "page_read_ms_max": ms(max(page, default=None)),
+            "reads_failed": self.failed,
+        }
+
+
+def overload_run(
+    args: argparse.Namespace, deployment: cluster.Cluster, tokens: list[str], run_no: int
+) -> dict[str, Any]:
+    """Measure capacity (click events/s, one click per event, one in flight per player), then
+    offer --overload times that from one-event-per-click players plus --page-players."""
+    calibration = argparse.Namespace(**vars(args))
+    calibration.calibrating = True
+    calibration.duration = args.calibrate
+    calibration.single_players = 0
+    calibration.players = min(args.users, args.players)
+    probe = run_once(calibration, deployment, tokens, run_no)
+    print(json.dumps({"calibration": probe}), file=sys.stderr, flush=True)
+    capacity = probe["click_events_per_s"]
+    measured = argparse.Namespace(**vars(args))
+    singles = int(args.overload * capacity / args.cps + 0.5)
+    poller = ReadPoller(deployment.urls)
+    measured.single_players = singles
+    measured.players = singles + args.page_players
+    if measured.players > len(tokens):
+        raise RuntimeError(f"--overload needs {measured.players} users; raise --users")
+    with poller:
+        line = run_once(measured, deployment, tokens, run_no)
+    line.update(poller.figures())
+    line["capacity_events_per_s"] = capacity
+    line["overload"] = args.overload
+    line["single_players"] = singles
+    line["page_players"] = args.page_players
+    line["cpu_quota_cores"] = args.cpu_quota
+    return line
+
+
 BAR = {"clicks_per_s": 4000, "lost": 0, "visible_ms_p99": 250, "spectator_payload_Bps": 5000}
 
 
@@ -587,6 +736,8 @@ def median_line(lines: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = value
     merged["lost"] = sum(line["lost"] for line in lines)  # any loss in any run counts
     merged["unacked"] = sum(line["unacked"] for line in lines)
+    if "exact" in merged:
+        merged["exact"] = all(line["exact"] for line in lines)
     merged["runs"] = len(lines)
     for key in ("clicks_per_s", "visible_ms_p99", "server_cpu_ms_per_click"):
         merged[f"runs_{key}"] = [line[key] for line in lines]
@@ -668,6 +819,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
     p.add_argument("--rate-limit-cps", type=int, help="RATE_LIMIT_CPS for started instances")
     p.add_argument("--tick-ms", type=int, default=100, help="BROADCAST_INTERVAL_MS")
+    p.add_argument("--max-wait-ms", type=int, help="MAX_WAIT_MS for started instances")
     p.add_argument(
         "--app",
         default="service.app:app",
@@ -678,6 +830,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="an extra uvicorn option for started instances, e.g. --server-arg=--loop=asyncio",
+    )
+    p.add_argument(
+        "--overload",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="measure capacity for --calibrate s, then offer FACTOR times it (issue 10)",
+    )
+    p.add_argument("--calibrate", type=float, default=10.0, help="seconds of capacity probe")
+    p.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="run the started instances in one cgroup v1 cpu group of this many cores (root)",
+    )
+    p.add_argument(
+        "--single-players",
+        type=int,
+        default=0,
+        help="this many players send one event per click, on schedule (open loop)",
+    )
+    p.add_argument(
+        "--page-players",
+        type=int,
+        default=20,
+        help="with --overload: players batching like the page, besides the single-click ones",
     )
     p.add_argument("--profile", metavar="DIR", help="py-spy record the instances into DIR")
     p.add_argument("--dump", metavar="PATH", help="pickle each run's raw samples to PATH.*")
@@ -705,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
     env: dict[str, str] = {"BROADCAST_INTERVAL_MS": str(args.tick_ms)}
     if args.rate_limit_cps:
         env["RATE_LIMIT_CPS"] = str(args.rate_limit_cps)
+    if args.max_wait_ms:
+        env["MAX_WAIT_MS"] = str(args.max_wait_ms)
     deployment = cluster.Cluster(
         redis_url=args.redis_url, env_extra=env, server_args=list(args.server_arg), app=args.app
     )
@@ -720,10 +901,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     failed = False
     tokens: list[str] = []
+    quota = CpuQuota(args.cpu_quota).__enter__() if args.cpu_quota else None
     try:
         for count in counts:
             if not args.url:
                 deployment.start(count)
+            for pid in deployment.pids if quota else ():
+                quota.add(pid)
             if not tokens:
                 started = time.monotonic()
                 memory_before = cluster.redis_used_memory(deployment.redis_url)
@@ -752,22 +936,25 @@ def main(argv: list[str] | None = None) -> int:
                 if run_no:
                     time.sleep(args.pause)
                 waited = wait_quiet(args.quiet_wait, args.quiet_pct)
-                line = run_once(args, deployment, tokens, run_no)
+                runner = overload_run if args.overload else run_once
+                line = runner(args, deployment, tokens, run_no)
                 line["quiet_wait_s"] = waited
                 if args.own_redis:
                     line["redis_bytes_per_user"] = round(per_user)
-                line["bar"] = bar(line)
+                line["bar"] = overload_bar(line) if args.overload else bar(line)
                 print(json.dumps({"run": run_no + 1, **line}), file=sys.stderr, flush=True)
                 lines.append(line)
             summary = median_line(lines) if len(lines) > 1 else lines[0]
-            summary["bar"] = bar(summary)
+            summary["bar"] = overload_bar(summary) if args.overload else bar(summary)
             summary["bar_met"] = all(summary["bar"].values())
-            failed = failed or summary["lost"] > 0
+            failed = failed or summary["lost"] > 0 or summary["extra_counted"] > 0
             print(json.dumps({"bench": "clickky", **info, **summary}), flush=True)
             if not args.url:
                 deployment.stop()
     finally:
         deployment.stop()
+        if quota is not None:
+            quota.__exit__(None, None, None)
         if not args.url:
             deployment.delete_keys()
         if private is not None:

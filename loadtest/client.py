@@ -27,6 +27,10 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 class Refused(Exception):
     """The server refused the Socket.IO connection (44 packet) or the websocket upgrade."""
 
+    def __init__(self, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.body = body  # the 44 packet's {"message", "data"}, when there was one
+
 
 def _frame(opcode: int, data: bytes) -> bytes:
     """A masked client frame (RFC 6455 5.3 requires clients to mask)."""
@@ -242,6 +246,6 @@ class SocketIO(asyncio.Protocol):
             if accepted:
                 self.connected.set_result(body)
             else:
-                self._fail(Refused(str(body)))
+                self._fail(Refused(str(body), body))
         elif kind == "41" or text[0] == "1":
             self.close()

@@ -82,6 +82,7 @@ async def _require_admin(request: Request) -> str:
 # -- players -------------------------------------------------------------------
 async def join(request: Request) -> Response:
     rt = _runtime(request)
+    rt.admission.check("join")
     payload = validation.require_object(await read_json(request), "The join body")
     display, canon = validation.username(payload.get("username"))
     nonce = await rt.counter.join(display, canon, _address(request), rt.settings.join_rate_per_min)
@@ -98,8 +99,9 @@ async def click(request: Request) -> Response:
     player = _player(request)
     n = validation.click_n(await read_json(request, optional=True), rt.settings.rate_limit_cps)
     headers = request.headers
+    click_id = validation.click_id(headers.get("idempotency-key"))
     profile = classify(headers.get("user-agent", ""), country_of(dict(headers)))
-    return JSONResponse(await rt.click(player, n, profile, "http"))
+    return JSONResponse(await rt.click(player, n, profile, "http", click_id))
 
 
 # -- reads ---------------------------------------------------------------------
@@ -271,6 +273,9 @@ async def readyz(request: Request) -> Response:
     body: dict[str, Any] = {"instance": rt.instance_id}
     if rt.draining:
         problems.append("the instance is shutting down")
+    body["lag_ms"] = round(rt.admission.probe.lag_s() * 1000, 1)
+    if rt.admission.overloaded():
+        problems.append(f"overloaded: the event loop lags {body['lag_ms']} ms")
     try:
         current = await asyncio.wait_for(rt.counter.state(), timeout=2)
         body["redis"] = "ok"

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from service import api, events, footprint, metrics, openapi, pages
 from service.activity import Feed
 from service.admin import Admins
+from service.admission import Admission, Arrival, ClickGate
 from service.audit import AuditLog, Record
 from service.bootstrap import mark_fresh_start, token_secret
 from service.breakdown import Profile, warm_up
@@ -71,6 +72,8 @@ class Runtime:
         self.welcoming: set[str] = set()
         self.draining = False
         self.fanout = Fanout()
+        self.admission = Admission(settings.max_wait_ms / 1000)
+        self.arrivals: dict[str, Arrival] = {}  # per connection, stamped by the ClickGate
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner
@@ -138,18 +141,36 @@ class Runtime:
             self.presence.disconnected()
         self.players.pop(sid, None)
         self.profiles.pop(sid, None)
+        self.arrivals.pop(sid, None)
         self.welcoming.discard(sid)
 
     async def click(
-        self, player: Player, n: int, profile: Profile, transport: str
+        self,
+        player: Player,
+        n: int,
+        profile: Profile,
+        transport: str,
+        click_id: str = "",
+        arrival: Arrival | None = None,
     ) -> dict[str, int]:
         """Count a click batch from either transport; the ack body, or an ApiError."""
         try:
-            result = await self.counter.click(player, n, self.settings.rate_limit_cps, profile)
+            arrived = self.admission.arrive(arrival)
+            result = await self.counter.click(
+                player,
+                n,
+                self.settings.rate_limit_cps,
+                profile,
+                click_id=click_id,
+                arrived=arrived,
+            )
         except ApiError as exc:
             metrics.REFUSED.labels(exc.code).inc()
             raise
-        metrics.CLICKS.labels(transport).inc(n)
+        if result.repeated:
+            metrics.REPEATED.labels(transport).inc()
+        else:
+            metrics.CLICKS.labels(transport).inc(n)
         await self.announce_milestones(player, result)
         return {"user": result.user, "global": result.global_count, "rank": result.rank}
 
@@ -203,7 +224,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Their commands are reads and absolute writes, safe to re-send on a lost reply.
         loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
-        runtime.counter = counter = Counter(redis, runtime.keys)
+        runtime.counter = counter = Counter(redis, runtime.keys, admission=runtime.admission)
         stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)
         runtime.signer = TokenSigner(await token_secret(settings, counter, store))
@@ -234,6 +255,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         listener = Loop("pubsub", runtime.bus.listen, first_backoff_s=0.5, max_backoff_s=10)
         runtime.bus.on_subscribed = listener.mark_ok
         runtime.loops = [
+            Loop("lag", runtime.admission.probe.step),
             Loop("presence", runtime.presence.step, first_backoff_s=0.5, max_backoff_s=5),
             Loop("ticker", runtime.ticker.step, first_backoff_s=0.2, max_backoff_s=2),
             listener,
@@ -287,7 +309,7 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
         footprint.trim(runtime.sio, eio_sid, send)
 
     janitor = SocketJanitor(
-        asgi,
+        ClickGate(asgi, runtime.admission),
         runtime.sio,
         on_start=footprint.adopt,
         on_open=opened,

@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from service.admission import Admission
 from service.breakdown import DIMENSIONS, Profile
 from service.errors import ApiError, count_limit, invalid_token, restoring, unavailable
 from service.keys import Keys
@@ -20,6 +21,8 @@ from service.tokens import Player
 from service.validation import WINDOWS
 
 RATE_WINDOW_MS = 1000
+# A click batch's id is remembered this long: the contract promises at least 10 minutes.
+IDEMPOTENCY_TTL_MS = 15 * 60 * 1000
 TOP_N = 10
 ANONYMOUS = Profile()
 
@@ -55,6 +58,8 @@ class ClickResult:
     # The round numbers this click crossed first, or 0.
     global_milestone: int = 0
     personal_milestone: int = 0
+    # True when this answers a batch id seen before: nothing was counted this time.
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,12 @@ class _Queued:
     """A click entry waiting for the next call of the click script."""
 
     rate_key: str
+    idempotency_key: str
     entry: tuple[str | int, ...]
     limit_cps: int
     future: asyncio.Future[list[Any]]
+    # When the click (most likely) arrived, on the admission clock; see service.admission.
+    arrived: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,10 +114,18 @@ class Counter:
     """Atomic counting, identity, rate limits, presence and reads, all on one Redis."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, *, max_batch: int = 100, max_pending: int = 5000
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        max_batch: int = 100,
+        max_pending: int = 5000,
+        admission: Admission | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
+        # Refuses queued clicks that waited too long, and picks the queue's order.
+        self.admission = admission
         # A call of 100 entries keeps Redis busy for a few ms at most.
         self.max_batch = max_batch
         # Beyond this many waiting clicks the instance refuses at once (503) instead
@@ -195,20 +211,38 @@ class Counter:
         return indexed
 
     async def click(
-        self, player: Player, n: int, limit_cps: int, profile: Profile = ANONYMOUS
+        self,
+        player: Player,
+        n: int,
+        limit_cps: int,
+        profile: Profile = ANONYMOUS,
+        *,
+        click_id: str = "",
+        arrived: float = 0.0,
     ) -> ClickResult:
-        """Count n clicks for a player, or raise: revoked token, or over the rate limit.
+        """Count n clicks for a player, or raise: revoked token, over the rate limit, a
+        reused id with another n, or (with admission control) waited too long.
 
         Clicks that arrive while a call to Redis is out wait for the next one, which
         carries all of them: no added delay when idle, one round trip for many when busy.
+        A batch with an id that was counted before counts nothing and gets the first answer.
         """
         if len(self._queue) >= self.max_pending:
             raise ApiError(
                 503, "overloaded", "This instance is saturated; try again.", retry_after_s=1
             )
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        entry = (player.canon, player.display, player.nonce, n, *profile.values())
-        self._queue.append(_Queued(self.keys.click_rate(player.canon), entry, limit_cps, future))
+        entry = (player.canon, player.display, player.nonce, n, *profile.values(), click_id)
+        self._queue.append(
+            _Queued(
+                self.keys.click_rate(player.canon),
+                self.keys.idempotency(player.canon, click_id),
+                entry,
+                limit_cps,
+                future,
+                arrived,
+            )
+        )
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="click-flush")
         reply = await future
@@ -217,6 +251,12 @@ class Counter:
             raise invalid_token()
         if outcome == "limit":
             raise count_limit()
+        if outcome == "mismatch":
+            raise ApiError(
+                422,
+                "idempotency_mismatch",
+                f"This id was first used with n={int(reply[1])}, not n={n}; use a new id.",
+            )
         if outcome == "rate":
             wait_ms = int(reply[1])
             if wait_ms < 0:  # the callers' validation refuses such an n before it gets here
@@ -236,24 +276,27 @@ class Counter:
             user=int(reply[1]),
             global_count=int(reply[2]),
             rank=int(reply[3]),
-            global_milestone=int(reply[4]),
-            personal_milestone=int(reply[5]),
+            global_milestone=int(reply[4]) if outcome == "ok" else 0,
+            personal_milestone=int(reply[5]) if outcome == "ok" else 0,
+            repeated=outcome == "dup",
         )
 
     async def _flush(self) -> None:
         """Send queued clicks in calls of at most max_batch until the queue is empty."""
         while self._queue:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            # A caller that gave up (cancelled) must not have its click counted.
-            batch = [queued for queued in batch if not queued.future.done()]
+            batch = self._next_batch()
             if not batch:
                 continue
             try:
                 replies = await self._click(
-                    keys=[*self._click_keys(), *(q.rate_key for q in batch)],
+                    keys=[
+                        *self._click_keys(),
+                        *(key for q in batch for key in (q.rate_key, q.idempotency_key)),
+                    ],
                     args=[
                         batch[0].limit_cps,
                         RATE_WINDOW_MS,
+                        IDEMPOTENCY_TTL_MS,
                         *(value for q in batch for value in q.entry),
                     ],
                 )
@@ -267,6 +310,34 @@ class Counter:
             for queued, reply in zip(batch, replies, strict=True):
                 if not queued.future.done():
                     queued.future.set_result(reply)
+
+    def _next_batch(self) -> list[_Queued]:
+        """Take the clicks for the next Redis call, refusing those that waited too long.
+
+        Oldest first normally; newest first while admission control sees a standing
+        queue (adaptive LIFO). A caller that gave up (cancelled) is not counted.
+        """
+        admission = self.admission
+        if admission is None:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            return [queued for queued in batch if not queued.future.done()]
+        live: list[_Queued] = []
+        for queued in self._queue:
+            if queued.future.done():
+                continue
+            if admission.expired(queued.arrived):
+                queued.future.set_exception(admission.refusal_for(queued.arrived))
+            else:
+                live.append(queued)
+        if admission.congested():
+            batch, self._queue = live[-self.max_batch :], live[: -self.max_batch]
+        else:
+            batch, self._queue = live[: self.max_batch], live[self.max_batch :]
+        for queued in batch:
+            admission.served(queued.arrived)
+        if not self._queue:
+            admission.drained()
+        return batch
 
     def _click_keys(self) -> list[str]:
         k = self.keys

@@ -14,11 +14,12 @@ from redis.exceptions import RedisError
 
 from service import metrics
 from service.admin import ADMIN_ROOM
+from service.admission import ARRIVAL_KEY
 from service.breakdown import Profile, classify, country_of
 from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
 from service.tokens import Player
-from service.validation import click_n
+from service.validation import click_body
 
 if TYPE_CHECKING:
     from service.app import Runtime
@@ -95,6 +96,9 @@ def register(rt: Runtime) -> None:
             raise
         if admin is not None:
             await sio.enter_room(sid, ADMIN_ROOM)  # the activity feed goes to this room only
+        arrival = environ.get("asgi.scope", {}).get(ARRIVAL_KEY)
+        if arrival is not None:
+            rt.arrivals[sid] = arrival
         if player is not None:
             rt.players[sid] = player
             rt.profiles[sid] = _profile(environ)
@@ -126,8 +130,9 @@ def register(rt: Runtime) -> None:
             )
         if len(args) > 1:
             raise ApiError(422, "invalid_n", 'click takes one argument like {"n": 1}.')
-        n = click_n(args[0] if args else None, rt.settings.rate_limit_cps)
-        return await rt.click(player, n, rt.profiles.get(sid, ANONYMOUS), "socket")
+        n, click_id = click_body(args[0] if args else None, rt.settings.rate_limit_cps)
+        profile = rt.profiles.get(sid, ANONYMOUS)
+        return await rt.click(player, n, profile, "socket", click_id, rt.arrivals.get(sid))
 
     @sio.on("*")
     @_acknowledged
@@ -141,6 +146,10 @@ async def _authenticate(rt: Runtime, auth: Any) -> Player | None:
     """The player a connection's auth names, None for a spectator; refuses bad auth."""
     if rt.draining:
         _refuse(ApiError(503, "shutting_down", "This instance is stopping; reconnect."))
+    try:
+        rt.admission.check("connect")
+    except ApiError as exc:
+        _refuse(exc)
     if auth is None:
         return None
     token = auth.get("token") if isinstance(auth, dict) else None

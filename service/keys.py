@@ -129,6 +129,10 @@ class Keys:
         # List of "ms:n" entries of the last second's accepted clicks (a sliding log).
         return f"{self.prefix}rate:{canon}"
 
+    def idempotency(self, canon: str, click_id: str) -> str:
+        # "n:user:global:rank" of the first answer to a player's click batch with this id.
+        return f"{self.prefix}idem:{canon}:{click_id}"
+
     def join_rate(self, address: str) -> str:
         # Joins from one address in the current minute; expires 60 s after the first.
         return f"{self.prefix}joinrate:{address}"

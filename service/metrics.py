@@ -20,6 +20,11 @@ from prometheus_client.registry import Collector
 
 CLICKS = Counter("clickky_clicks_total", "Clicks counted by this instance.", ["transport"])
 REFUSED = Counter("clickky_clicks_refused_total", "Click requests refused, by reason.", ["reason"])
+REPEATED = Counter(
+    "clickky_clicks_repeated_total",
+    "Click batches sent again with an id already counted: answered, not counted.",
+    ["transport"],
+)
 JOINS = Counter("clickky_joins_total", "Players who joined through this instance.")
 CONNECTIONS = Gauge(
     "clickky_connections",
@@ -60,6 +65,22 @@ REDIS_JUNK = Counter(
     "clickky_redis_junk_total",
     "Messages or fields read from Redis that were not what we write, dropped; by where and why.",
     ["where", "reason"],
+)
+LOOP_LAG = Gauge(
+    "clickky_event_loop_lag_seconds",
+    "How late the event loop ran a timer, last measure: the wait new work sees.",
+    multiprocess_mode="livemax",
+)
+CLICK_WAIT = Histogram(
+    "clickky_click_wait_seconds",
+    "Wait of accepted clicks from arrival (estimated by the loop's lag) to their Redis call.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+OVERLOAD_REFUSED = Counter(
+    "clickky_overload_refused_total",
+    "Work refused as overloaded, by reason: lag (at arrival), queue (waited too long),"
+    " join, connect.",
+    ["reason"],
 )
 HTTP_ERRORS = Counter("clickky_http_errors_total", "HTTP error responses, by code.", ["code"])
 ADMIN_AUTH_FAILURES = Counter(

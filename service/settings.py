@@ -106,6 +106,8 @@ class Settings:
     presence_ttl_s: float = 5.0
     # Origins allowed to open a socket besides the page's own (comma-separated).
     allowed_origins: tuple[str, ...] = ()
+    # The longest a click may wait in an instance before it is refused as overloaded.
+    max_wait_ms: int = 500
     # Set (by gunicorn's config) when several workers share one /metrics.
     prometheus_multiproc_dir: str | None = None
 
@@ -155,6 +157,7 @@ class Settings:
                 for o in config("ALLOWED_ORIGINS", cast=str, default="").split(",")
                 if o.strip()
             ),
+            max_wait_ms=config("MAX_WAIT_MS", cast=int, default=500),
             prometheus_multiproc_dir=config("PROMETHEUS_MULTIPROC_DIR", cast=str, default="")
             or None,
         )
@@ -177,6 +180,7 @@ class Settings:
                 f"at least {MIN_ADMIN_TOKEN} characters (it has {len(self.admin_token)});"
                 " `clickky admin-token` prints a strong one",
             )
+        _positive("MAX_WAIT_MS", self.max_wait_ms)
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise refuse("LOG_LEVEL", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if self.log_format not in ("json", "text"):

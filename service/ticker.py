@@ -74,6 +74,7 @@ class Ticker:
         self.restored = True
         # (last tick when it started, the read) shared by clients connecting together
         self._welcome_read: tuple[int, asyncio.Future[State]] | None = None
+        self._next_boundary = 0.0
 
     def tick_of(self, clock_ms: int) -> int:
         """The tick id of a clock reading. Rounded to the nearest boundary, not floored:
@@ -113,7 +114,15 @@ class Ticker:
     async def step(self) -> None:
         """Sleep to the next tick boundary, then broadcast if anything changed."""
         interval = self.interval_ms / 1000
-        boundary = (time.time() // interval + 1) * interval
+        now = time.time()
+        # The boundary after the last one, even if it has passed (but not before the
+        # current tick's): a loop that runs late, under overload, then reads at once
+        # instead of waiting for the next boundary, and still sends every tick it can.
+        if self._next_boundary:
+            boundary = max(self._next_boundary, (now // interval) * interval)
+        else:
+            boundary = (now // interval + 1) * interval
+        self._next_boundary = boundary + interval
         # uvloop may wake a little early; reading Redis then would still be the previous
         # tick, which is skipped, and the next broadcast would come a whole tick late.
         await asyncio.sleep(max(0.0, boundary - time.time()))

@@ -20,6 +20,7 @@ WINDOWS = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
 # Counts live in sorted-set scores, doubles exact up to 2**53, and the page shows
 # them as JavaScript numbers: every count is a JS safe integer.
 MAX_COUNT = 2**53 - 1
+_CLICK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def strict_int(value: Any) -> int | None:
@@ -44,6 +45,27 @@ def click_n(payload: Any, limit_cps: int = MAX_CLICK_BATCH) -> int:
             "invalid_n", f"n must be at most {limit_cps}, the clicks a player may make a second."
         )
     return n
+
+
+def click_id(raw: Any) -> str:
+    """A click batch's idempotency id: 1-64 of A-Z a-z 0-9 _ - ("" when absent).
+
+    Over HTTP it is the Idempotency-Key header, which the IETF draft defines as a
+    structured-field string ("..."); a bare value is accepted too.
+    """
+    if raw is None:
+        return ""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        raw = raw[1:-1]
+    if not isinstance(raw, str) or not _CLICK_ID.fullmatch(raw):
+        raise invalid("invalid_id", "id must be 1 to 64 of the characters A-Z a-z 0-9 _ -.")
+    return raw
+
+
+def click_body(payload: Any, limit_cps: int = MAX_CLICK_BATCH) -> tuple[int, str]:
+    """The `n` and `id` of a Socket.IO click body ({"n": 3, "id": "..."}, both optional)."""
+    n = click_n(payload, limit_cps)
+    return n, click_id(payload.get("id")) if isinstance(payload, dict) else ""
 
 
 def _query_int(query: Any, name: str, default: int) -> int:

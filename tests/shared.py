@@ -19,7 +19,7 @@ import pytest
 
 from service.connection import connect_redis
 from service.settings import Settings
-from tests.conftest import TEST_SECRET, Server
+from tests.conftest import IDLE_LOOP_MAX_WAIT_MS, TEST_SECRET, Server
 
 shared_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -37,6 +37,7 @@ async def shared_server(redis_url: str, directory: Path, **overrides: Any) -> As
         "join_rate_per_min": 100_000,
         "log_format": "text",
         "log_level": "WARNING",
+        "max_wait_ms": IDLE_LOOP_MAX_WAIT_MS,
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -48,6 +48,7 @@ def test_casts_and_normalisation() -> None:
             "EXPORT_HOUR": "3",
             "EXPORT_FORMAT": "CSV",
             "PROMETHEUS_MULTIPROC_DIR": "/tmp/prom",
+            "MAX_WAIT_MS": "250",
         }
     )
     assert settings.redis_url == "redis://example:6380/2"
@@ -65,6 +66,8 @@ def test_casts_and_normalisation() -> None:
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert (settings.export_hour, settings.export_format) == (3, "csv")
     assert settings.prometheus_multiproc_dir == "/tmp/prom"
+    assert settings.max_wait_ms == 250
+    assert Settings.from_environ({}).max_wait_ms == 500
 
 
 def test_empty_secrets_mean_unset() -> None:
@@ -89,6 +92,7 @@ def test_settings_are_immutable() -> None:
         ("JOIN_RATE_PER_MIN", "0"),
         ("MAX_BODY_BYTES", "0"),
         ("PRESENCE_TTL_S", "0"),
+        ("MAX_WAIT_MS", "0"),
         ("DATABASE_URL", "postgres://db/clickky"),
         ("DATABASE_URL", "clickky.db"),
         ("LOG_FORMAT", "xml"),
@@ -114,6 +118,7 @@ def test_unusable_values_are_refused_naming_the_variable(variable: str, value: s
     [
         ("RATE_LIMIT_CPS", "abc"),
         ("SNAPSHOT_INTERVAL_S", "soon"),
+        ("MAX_WAIT_MS", "half a second"),
         ("EXPORT_HOUR", "noon"),
         ("LOG_LEVEL", "loud"),
     ],

@@ -10,14 +10,16 @@
 --
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
---       milestone_personal, then one rate key per entry
--- ARGV: limit window_ms, then per entry: canon display nonce n device browser platform
---       country
+--       milestone_personal, then per entry: its rate key and its idempotency key
+-- ARGV: limit window_ms idempotency_ttl_ms, then per entry: canon display nonce n device
+--       browser platform country id ('' when the batch carries no id)
 -- Returns per entry: {'ok', user, global, rank, global_milestone, personal_milestone},
+--       {'dup', user, global, rank} (the first answer to this id), {'mismatch', first_n},
 --       {'token'}, {'rate', retry_ms} or {'limit'} (the user's count would pass 2^53 - 1);
 --       global and global_milestone are decimal strings (exact past 2^53)
-local COMMON, FIELDS = 17, 8
+local COMMON, FIELDS, HEAD = 17, 9, 3
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local idem_ttl = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local restored = redis.call('EXISTS', KEYS[8]) == 1
@@ -108,7 +110,7 @@ local function rate_limited(key, n)
   return nil
 end
 
-local function click(rate_key, canon, display, nonce, n, profile)
+local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
   local stored = redis.call('HGET', KEYS[1], canon)
   local provisional = false
   if stored ~= nonce then
@@ -119,6 +121,21 @@ local function click(rate_key, canon, display, nonce, n, profile)
     -- vouches for the player, and the restore adds the snapshot to what
     -- is counted from here on. No milestones until then: counts are partial.
     provisional = true
+  end
+  -- A batch sent again with its id (after a time-out, a reconnect, another instance)
+  -- gets the first answer and counts nothing. The record expires after idem_ttl.
+  if id ~= '' then
+    local first = redis.call('GET', idem_key)
+    if first then
+      local fn, fuser, fglobal, frank = string.match(first, '^(%d+):(%d+):(%d+):(%d+)$')
+      if not fn then
+        -- Not a record we wrote: count the batch as new and overwrite it below.
+      elseif tonumber(fn) ~= n then
+        return {'mismatch', tonumber(fn)}
+      else
+        return {'dup', tonumber(fuser), fglobal, tonumber(frank)}
+      end
+    end
   end
   -- No count exceeds the global one, so the user's score needs reading only when
   -- the global count itself would pass the limit (digit strings of equal length
@@ -168,16 +185,20 @@ local function click(rate_key, canon, display, nonce, n, profile)
       personal_milestone = 0
     end
   end
+  if id ~= '' then
+    redis.call('SET', idem_key, string.format('%d:%d:%s:%d', n, tonumber(user), global, rank),
+      'PX', idem_ttl)
+  end
   return {'ok', tonumber(user), global, rank, global_milestone, personal_milestone}
 end
 
 local replies = {}
-for entry = 0, (#ARGV - 2) / FIELDS - 1 do
-  local a = 2 + entry * FIELDS
+for entry = 0, (#ARGV - HEAD) / FIELDS - 1 do
+  local a = HEAD + entry * FIELDS
   local profile = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
   replies[entry + 1] = click(
-    KEYS[COMMON + 1 + entry], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]),
-    profile
+    KEYS[COMMON + 1 + 2 * entry], KEYS[COMMON + 2 + 2 * entry], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], tonumber(ARGV[a + 4]), profile, ARGV[a + 9]
   )
 end
 if added > 0 then

@@ -62,8 +62,9 @@ const live = new Live({
     playerGone("That player no longer exists (an admin may have removed it). Pick a name to play again."),
 });
 
-const clicker = new Clicker((n) => live.click(n), {
+const clicker = new Clicker((n, id) => live.click(n, id), {
   change: render,
+  busy: render,
   ack: (ack) => {
     ackFloor = { value: ack.global, until: performance.now() + 1000 };
     serverGlobal = Math.max(serverGlobal ?? 0, ack.global);
@@ -317,7 +318,9 @@ function render() {
 
 function renderStatus() {
   let extra = "";
-  if (player && clicker.pending) {
+  if (player && clicker.busy) {
+    extra = "busy, your clicks are saved"; // an overloaded server: they are sent again soon
+  } else if (player && clicker.pending) {
     extra = live.connected
       ? `sending ${plural(clicker.pending, "queued click")}`
       : `${plural(clicker.pending, "click")} queued`;
@@ -408,8 +411,10 @@ function announce(text) {
 // -- clicks not sent survive a reload -------------------------------------------
 function saveQueue() {
   if (!player) return;
-  if (clicker.pending) {
-    localStorage.setItem(QUEUE_KEY, JSON.stringify({ token: player.token, n: clicker.pending }));
+  if (clicker.pending || clicker.uncertain) {
+    // A held batch keeps its id, so sending it again after the reload counts it at most once.
+    const held = clicker.uncertain ? { id: clicker.heldId, n: clicker.uncertain } : undefined;
+    localStorage.setItem(QUEUE_KEY, JSON.stringify({ token: player.token, n: clicker.pending, held }));
   } else if (localStorage.getItem(QUEUE_KEY)) {
     localStorage.removeItem(QUEUE_KEY);
   }
@@ -455,9 +460,14 @@ async function loadCountries() {
 if (player?.token && player?.username) {
   becomePlayer(player, null);
   const saved = readJson(localStorage, QUEUE_KEY);
-  if (saved?.token === player.token && saved.n > 0) {
-    clicker.queued = Math.floor(saved.n);
-    notice(`${plural(saved.n, "click")} from last time will be sent now.`, "info");
+  if (saved?.token === player.token && (saved.n > 0 || saved.held?.n > 0)) {
+    clicker.queued = Math.floor(saved.n) || 0;
+    if (saved.held?.n > 0 && typeof saved.held.id === "string") {
+      clicker.uncertain = Math.floor(saved.held.n);
+      clicker.heldId = saved.held.id;
+    }
+    const total = clicker.queued + clicker.uncertain;
+    notice(`${plural(total, "click")} from last time will be sent now.`, "info");
   }
   refreshMe(true);
 } else {

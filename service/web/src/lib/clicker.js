@@ -3,20 +3,29 @@
 //
 // A press is "fresh" while the socket is up, or "queued" while it is down.
 // Every tick at most one batch is in flight, so acks arrive in order and the
-// server's `user` value in an ack is the count to show. A batch whose ack never
-// came (disconnect, timeout) is "uncertain" until reconcile() compares the
-// server's count with the last acknowledged one: re-sending it blindly could
-// count it twice.
+// server's `user` value in an ack is the count to show. Every batch carries an
+// id. A batch whose ack never came (disconnect, timeout), or that an overloaded
+// server turned away, is "uncertain": it is sent again, with the same n and the
+// same id, so the server counts it at most once whatever happened to the first.
 
 export const MAX_BATCH = 50; // the contract's largest n
 const WINDOW_MS = 1000; // the server's rate-limit window
 
+/** A batch id: 16 characters of the contract's alphabet, from the browser's CSPRNG. */
+export function batchId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_");
+}
+
+/** Wait `ms` plus up to half again, so refused clients do not all come back together. */
+export const jittered = (ms, random = Math.random) => ms * (1 + random() / 2);
+
 export class Clicker {
   /**
-   * send(n) -> Promise<ack>; rejects when the batch's fate is unknown.
-   * on: { change(), ack(ack), dropped(n, why), uncertain(), refused(error) }
+   * send(n, id) -> Promise<ack>; rejects when the batch's fate is unknown.
+   * on: { change(), ack(ack), dropped(n, why), uncertain(), refused(error), busy() }
    */
-  constructor(send, on = {}, now = () => performance.now()) {
+  constructor(send, on = {}, now = () => performance.now(), newId = batchId) {
     this.send = send;
     this.on = on;
     this.now = now;
@@ -25,7 +34,10 @@ export class Clicker {
     this.fresh = 0;
     this.queued = 0;
     this.inflight = 0;
-    this.uncertain = 0;
+    this.uncertain = 0; // clicks of the batch to send again, under heldId
+    this.heldId = null;
+    this.newId = newId;
+    this.busyUntil = 0; // an overloaded server asked us to wait until then
     this.limit = 20; // learned from a rate_limited reply; paces the backlog only
     this.accepted = []; // [time, n] of batches accepted within the window
     this.pausedUntil = 0;
@@ -43,6 +55,11 @@ export class Clicker {
 
   get idle() {
     return this.unsent === 0;
+  }
+
+  /** The server said it is overloaded and we are waiting to send again. */
+  get busy() {
+    return this.now() < this.busyUntil;
   }
 
   /** The count to show: acknowledged plus everything still on its way. */
@@ -78,12 +95,11 @@ export class Clicker {
     return lost;
   }
 
-  /** Decide an uncertain batch from the server's count, read after it settled. */
+  /** The server's count, read while a batch is uncertain: its id decides, not this. */
   reconcile(count, rank) {
-    if (this.uncertain) {
-      const counted = this.acked !== null && count >= this.acked + this.uncertain;
-      if (!counted && this.acked !== null) this.queued += this.uncertain;
-      this.uncertain = 0;
+    if (this.uncertain && this.acked !== null) {
+      // Shown is acked + unsent: keep the uncertain clicks out of the base until resent.
+      count = Math.max(this.acked, count - this.uncertain);
     }
     this.setCount(count, rank);
   }
@@ -96,30 +112,40 @@ export class Clicker {
   /** Send one batch if there is something to send and nothing in flight. Call every tick. */
   async flush(connected) {
     const at = this.now();
-    if (!connected || this.inflight || this.uncertain || at < this.pausedUntil) return;
-    if (!this.pending) return;
-    // Fresh presses go as they are: the server is the judge of the rate. Only more than
-    // a whole second's worth (after a pause) cannot count, and is said so at once.
-    const fresh = Math.min(this.fresh, MAX_BATCH, this.limit);
-    const over = this.fresh - fresh;
-    if (over) {
-      this.fresh = fresh;
-      this.on.dropped?.(over, "rate");
+    if (!connected || this.inflight || at < this.pausedUntil) return;
+    let fresh = 0;
+    let backlog = 0;
+    let id = this.heldId;
+    if (this.uncertain) {
+      backlog = this.uncertain; // the same batch again, under the same id
+      this.uncertain = 0;
+    } else {
+      if (!this.pending) return;
+      // Fresh presses go as they are: the server is the judge of the rate. Only more than
+      // a whole second's worth (after a pause) cannot count, and is said so at once.
+      fresh = Math.min(this.fresh, MAX_BATCH, this.limit);
+      const over = this.fresh - fresh;
+      if (over) {
+        this.fresh = fresh;
+        this.on.dropped?.(over, "rate");
+      }
+      // The backlog (clicks made offline) drains at the limit, so it is not refused.
+      const room = Math.max(0, Math.min(MAX_BATCH - fresh, this.limit - this.#used(at) - fresh));
+      backlog = Math.min(this.queued, room);
+      if (!(fresh + backlog)) return;
+      this.fresh -= fresh;
+      this.queued -= backlog;
+      id = this.newId();
     }
-    // The backlog (clicks made offline) drains at the limit, so it is not refused.
-    const room = Math.max(0, Math.min(MAX_BATCH - fresh, this.limit - this.#used(at) - fresh));
-    const backlog = Math.min(this.queued, room);
     const n = fresh + backlog;
-    if (!n) return;
-    this.fresh -= fresh;
-    this.queued -= backlog;
+    this.heldId = null;
     this.inflight = n;
     let ack;
     try {
-      ack = await this.send(n);
+      ack = await this.send(n, id);
     } catch {
       this.inflight = 0;
-      this.uncertain = n;
+      this.#hold(n, id);
       this.on.change?.();
       this.on.uncertain?.();
       return;
@@ -132,12 +158,17 @@ export class Clicker {
       if (typeof ack.rank === "number") this.rank = ack.rank;
       this.on.ack?.(ack);
     } else {
-      this.#refused(ack || { error: "internal" }, fresh, backlog);
+      this.#refused(ack || { error: "internal" }, fresh, backlog, id);
     }
     this.on.change?.();
   }
 
-  #refused(error, fresh, backlog) {
+  #hold(n, id) {
+    this.uncertain = n;
+    this.heldId = id;
+  }
+
+  #refused(error, fresh, backlog, id) {
     const code = error.error;
     const wait = Number(error.retry_after_ms) || 1000;
     if (code === "rate_limited") {
@@ -150,11 +181,17 @@ export class Clicker {
     } else if (code === "restoring" || code === "shutting_down") {
       this.pausedUntil = this.now() + wait; // refused before counting: send again later
       this.queued += fresh + backlog;
+    } else if (code === "overloaded") {
+      // Not counted: the server turned it away before Redis. Wait as asked (jittered, so
+      // refused pages do not all come back at once), then send the same batch again.
+      this.pausedUntil = this.busyUntil = this.now() + jittered(wait);
+      this.#hold(fresh + backlog, id);
+      this.on.busy?.();
     } else if (code === "unavailable" || code === "internal") {
       // Redis failed somewhere during the call, which may have counted the batch:
-      // ask for the count before sending it again.
-      this.pausedUntil = this.now() + wait;
-      this.uncertain = fresh + backlog;
+      // send it again later under the same id, which the server counts at most once.
+      this.pausedUntil = this.now() + jittered(wait);
+      this.#hold(fresh + backlog, id);
       this.on.uncertain?.();
     } else {
       this.queued += fresh + backlog; // kept until the page decides (e.g. the token died)

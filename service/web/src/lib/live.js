@@ -101,10 +101,10 @@ export class Live {
     }
   }
 
-  /** Emit click {n}; resolves to the ack, rejects when the fate of the batch is unknown. */
-  click(n, timeoutMs = 5000) {
+  /** Emit click {n, id}; resolves to the ack, rejects when the fate of the batch is unknown. */
+  click(n, id, timeoutMs = 5000) {
     if (!this.connected) return Promise.reject(new Error("not connected"));
-    return this.socket.timeout(timeoutMs).emitWithAck("click", { n });
+    return this.socket.timeout(timeoutMs).emitWithAck("click", id ? { n, id } : { n });
   }
 
   #setStatus(name) {
