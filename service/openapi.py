@@ -169,6 +169,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/click"): {
         "summary": "Count a batch of clicks for the token's player",
         "security": PLAYER,
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "the batch's id (IETF httpapi Idempotency-Key draft): the same"
+                " player and id within 15 minutes is counted once and answered with the first"
+                " answer; 1-64 of A-Z a-z 0-9 _ -, bare or quoted",
+                "schema": {**STR, "pattern": '^"?[A-Za-z0-9_-]{1,64}"?$'},
+            }
+        ],
         "requestBody": {
             "required": False,
             "content": {
@@ -186,7 +197,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 {
                     "401": "unauthorized, invalid_token",
                     "413": "payload_too_large",
-                    "422": "invalid_n, invalid_json, invalid_body",
+                    "422": "invalid_n, invalid_json, invalid_body, invalid_id,"
+                    " idempotency_mismatch, count_limit",
                     "429": "rate_limited (RATE_LIMIT_CPS; Retry-After)",
                     "503": "overloaded (not counted), unavailable, shutting_down",
                 }
