@@ -23,7 +23,7 @@ from service.names import lookup
 from service.tokens import Player
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from service.tokens import Player
 from service.validation import click_body
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

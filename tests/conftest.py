@@ -19,10 +19,11 @@ import pytest
 import redis as sync_redis
 import uvicorn
 
-from service.app import Runtime, create_app
+from service.app import create_app
 from service.connection import connect_redis
 from service.counter import Counter
 from service.keys import Keys
+from service.runtime import Runtime
 from service.settings import Settings
 from tests.support import Stack, free_port
 
