@@ -83,10 +83,10 @@ def register(rt: Runtime) -> None:
 
     @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if sid in rt.connected:
-            return  # an event the client named "connect", not a connection
-        # python-socketio already lists a connecting client as a broadcast recipient
-        # while this handler runs; skip it until its own first state is queued.
+        # Events a client names "connect" or "disconnect" never get here: service/frames.py
+        # answers them unknown_event. python-socketio already lists a connecting client as
+        # a broadcast recipient while this handler runs; skip it until its own first state
+        # is queued.
         rt.welcoming.add(sid)
         try:
             player = await _authenticate(rt, auth)
@@ -111,8 +111,6 @@ def register(rt: Runtime) -> None:
 
     @sio.event
     async def disconnect(sid: str, reason: Any = None) -> None:
-        if sio.manager.is_connected(sid, "/"):
-            return  # an event the client named "disconnect"; a real one is pending here
         rt.forget(sid)
         guard.forget(sid)
 
