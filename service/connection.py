@@ -1,4 +1,5 @@
-"""Connect to Redis from a URL: redis://, rediss://, unix://, or redis+sentinel:// for HA."""
+"""Connect to Redis from a URL: redis://, rediss://, unix://, redis+sentinel:// for HA, or
+redis+cluster:// for a Redis Cluster (redis-py's cluster client)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
+
+from service.urls import split_host_port
 
 MAX_CONNECTIONS = 64
 
@@ -39,9 +43,16 @@ def connect_redis(
 
     redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]
         [?sentinel_password=...]  (when the Sentinels themselves require a password)
+    redis+cluster://[[user]:password@]host:port[,host:port...]  (any of the nodes; the
+        client learns the rest, and follows MOVED and ASK as slots move)
+
+    A cluster client is a `RedisCluster`; the callers use only commands and scripts
+    whose keys sit in one hash slot (service/shards.py), so the two are used alike.
     """
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(url, retry)
+    if url.startswith("redis+cluster://"):
+        return _cluster_client(url, retry, max_connections)
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=5, **_options(retry)
     )
@@ -69,3 +80,25 @@ def _sentinel_client(url: str, retry: bool) -> Redis:
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
     client: Redis = sentinel.master_for(service, db=db, password=password, **_options(retry))
     return client
+
+
+def _cluster_client(url: str, retry: bool, max_connections: int) -> Redis:
+    parts = urlsplit(url)
+    nodes = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, port = split_host_port(item)
+        nodes.append(ClusterNode(host, int(port or 6379)))
+    options = _options(retry)
+    # MOVED, ASK and TRYAGAIN are followed whatever this says (the command did not run);
+    # a lost connection is retried only by clients whose commands may run twice.
+    options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.05), retries=3 if retry else 0)
+    del options["retry_on_error"]
+    client = RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        max_connections=max_connections,
+        **options,
+    )
+    # The callers treat it as a Redis: same commands, same script objects.
+    return client  # type: ignore[return-value]

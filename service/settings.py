@@ -13,6 +13,7 @@ from typing import Any
 from starlette.config import Config
 
 from service import urls
+from service.shards import DEFAULT_CLUSTER_SHARDS, MAX_SHARDS, Shards
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,9 @@ class Settings:
     # Every Redis key and channel starts with this, so several deployments (or
     # test runs) can share one Redis without seeing each other.
     key_prefix: str = "clickky:"
+    # Logical shards the players are split over (service/shards.py); None picks the
+    # default: 16 on a Redis Cluster, 1 elsewhere.
+    redis_shards: int | None = None
     log_level: str = "INFO"
     log_format: str = "json"
     # Largest HTTP body or Socket.IO message we read; clicks are a few bytes.
@@ -145,6 +149,7 @@ class Settings:
             admin_failures_per_min=config("ADMIN_FAILURES_PER_MIN", cast=int, default=10),
             secret_key=config("SECRET_KEY", cast=str, default="") or None,
             key_prefix=config("KEY_PREFIX", cast=str, default="clickky:"),
+            redis_shards=config("REDIS_SHARDS", cast=int, default=0) or None,
             log_level=config("LOG_LEVEL", cast=str, default="INFO").upper(),
             log_format=config("LOG_FORMAT", cast=str, default="json").lower(),
             max_body_bytes=config("MAX_BODY_BYTES", cast=int, default=16 * 1024),
@@ -171,6 +176,10 @@ class Settings:
         _positive("MAX_BODY_BYTES", self.max_body_bytes)
         _positive("PRESENCE_TTL_S", self.presence_ttl_s)
         _url("REDIS_URL", self.redis_url, urls.check_redis_url, urls.REDIS_FORMS)
+        if self.redis_shards is not None and not 1 <= self.redis_shards <= MAX_SHARDS:
+            raise refuse("REDIS_SHARDS", self.redis_shards, f"a number 1..{MAX_SHARDS}")
+        if "{" in self.key_prefix or "}" in self.key_prefix:
+            raise refuse("KEY_PREFIX", self.key_prefix, "a prefix without { or } (hash tags)")
         _url("DATABASE_URL", self.database_url, urls.check_database_url, urls.DATABASE_FORMS)
         _positive("ADMIN_FAILURES_PER_MIN", self.admin_failures_per_min)
         if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
@@ -189,6 +198,12 @@ class Settings:
             raise refuse("EXPORT_HOUR", self.export_hour, "an hour 0..23 (UTC), or unset")
         if self.export_format not in ("csv", "parquet"):
             raise refuse("EXPORT_FORMAT", self.export_format, "csv or parquet")
+
+    @property
+    def shards(self) -> Shards:
+        """The key layout: REDIS_SHARDS logical shards (default 16 on a cluster, else 1)."""
+        default = DEFAULT_CLUSTER_SHARDS if self.redis_url.startswith("redis+cluster://") else 1
+        return Shards(self.key_prefix, self.redis_shards or default)
 
     @property
     def tick_s(self) -> float:

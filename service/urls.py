@@ -51,6 +51,11 @@ def check_redis_url(url: str) -> None:
             raise ValueError("a redis+sentinel:// URL needs /service_name[/db]")
         if len(path) == 2:
             _db(path[1])
+    elif parts.scheme == "redis+cluster":
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            _host_port(item, "the nodes' host:port list")
+        if parts.path.strip("/"):
+            raise ValueError("a Redis Cluster has only database 0: drop the /db after the nodes")
     else:
         raise ValueError(f"unknown scheme {parts.scheme + '://' if parts.scheme else '(none)'}")
 
@@ -79,13 +84,19 @@ def _split(url: str) -> SplitResult:
         raise ValueError(f"it is not a URL ({exc})") from None
 
 
-def _host_port(netloc: str, what: str) -> None:
-    host, port = netloc, ""
+def split_host_port(netloc: str) -> tuple[str, str]:
+    """("host", "port") of "host:port", "[v6]:port" or "host" (port "" when absent)."""
     if netloc.startswith("["):  # [IPv6]:port
         host, _, rest = netloc[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif ":" in netloc:
+        return host, rest.removeprefix(":")
+    if ":" in netloc:
         host, _, port = netloc.rpartition(":")
+        return host, port
+    return netloc, ""
+
+
+def _host_port(netloc: str, what: str) -> None:
+    host, port = split_host_port(netloc)
     if not host:
         raise ValueError(f"it needs {what}")
     if port and not (port.isdigit() and 1 <= int(port) <= 65535):
