@@ -26,6 +26,7 @@ from service.loops import Loop
 from service.presence import Presence
 from service.runtime import Runtime
 from service.settings import Settings
+from service.shards import LayoutMismatch
 from service.store import Store
 from service.ticker import Ticker
 from service.tokens import TokenSigner
@@ -48,15 +49,25 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Their commands are reads and absolute writes, safe to re-send on a lost reply.
         loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
-        runtime.counter = counter = Counter(redis, runtime.keys, admission=runtime.admission)
+        try:
+            await runtime.shards.check_layout(redis)
+        except LayoutMismatch as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+        runtime.counter = counter = Counter(redis, runtime.shards, admission=runtime.admission)
         stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)
         runtime.signer = TokenSigner(await token_secret(settings, counter, store))
         await mark_fresh_start(counter, store)
 
-        background = Counter(loops_redis, runtime.keys)
+        background = Counter(loops_redis, runtime.shards, peer=counter)
         runtime.presence = Presence(background, runtime.instance_id, settings.presence_ttl_s)
-        runtime.ticker = Ticker(background, settings.broadcast_interval_ms, runtime.broadcast_state)
+        runtime.ticker = Ticker(
+            background,
+            settings.broadcast_interval_ms,
+            runtime.broadcast_state,
+            on_milestone=runtime.announce_global_milestone,
+        )
         runtime.bus = Bus(
             loops_redis,
             runtime.keys.events,
