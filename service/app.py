@@ -15,10 +15,10 @@ from service.activity import Feed
 from service.admin import Admins
 from service.admission import ClickGate
 from service.audit import AuditLog
-from service.bootstrap import mark_fresh_start, token_secret
+from service.bootstrap import check_layout, mark_fresh_start, token_secret
 from service.breakdown import warm_up
 from service.bus import Bus
-from service.connection import connect_redis
+from service.connection import connect_redis, ready
 from service.counter import Counter
 from service.janitor import SocketJanitor
 from service.logs import configure_logging
@@ -26,7 +26,6 @@ from service.loops import Loop
 from service.presence import Presence
 from service.runtime import Runtime
 from service.settings import Settings
-from service.shards import LayoutMismatch
 from service.store import Store
 from service.ticker import Ticker
 from service.tokens import TokenSigner
@@ -49,11 +48,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Their commands are reads and absolute writes, safe to re-send on a lost reply.
         loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
-        try:
-            await runtime.shards.check_layout(redis)
-        except LayoutMismatch as exc:
-            log.error("refusing to start: %s", exc)
-            raise
+        await ready(loops_redis)
+        await check_layout(runtime.shards, redis)
         runtime.counter = counter = Counter(redis, runtime.shards, admission=runtime.admission)
         stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)

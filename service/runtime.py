@@ -13,7 +13,6 @@ from typing import Any
 
 import engineio
 import socketio
-from redis.exceptions import RedisError
 
 from service import footprint, metrics
 from service.activity import Feed
@@ -22,6 +21,7 @@ from service.admission import Admission, Arrival
 from service.audit import AuditLog, Record
 from service.breakdown import Profile
 from service.bus import Bus
+from service.connection import REDIS_ERRORS
 from service.counter import ClickResult, Counter
 from service.errors import ApiError
 from service.events import player_room
@@ -192,16 +192,17 @@ class Runtime:
                 await self.bus.publish(
                     "milestone", data, room=player_room(player.canon, player.nonce)
                 )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not announce a milestone: %s", exc)
 
     async def announce_global_milestone(self, value: int) -> None:
         """Tell everyone a global milestone the ticker claimed (several shards only: the
         sum crossed it, so no single player's click did)."""
         try:
-            await self.bus.publish("milestone", {"scope": "global", "value": value})
+            data = {"scope": "global", "value": value, "username": ""}  # no one click did it
+            await self.bus.publish("milestone", data)
             self.feed.post("milestone", value=value, username="")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not announce a milestone: %s", exc)
 
     async def tell_admins(self, record: Record) -> None:

@@ -11,6 +11,7 @@
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
 --       milestone_personal, then per entry: its rate key and its idempotency key
+--       (milestone_global is not read when sharded: any key of the shard stands in)
 -- ARGV: limit window_ms idempotency_ttl_ms sharded others, then per entry: canon display
 --       nonce n device browser platform country id ('' when the batch carries no id)
 --       sharded is 1 when this is one of several shards (service/shards.py): then the
