@@ -64,7 +64,7 @@ def slot_of(key: str) -> int:
     return int(key_slot(key.encode()))
 
 
-@dataclass
+@dataclass(eq=False)  # a node is itself: compared and hashed by identity
 class Node:
     """One redis-server of the cluster, with its own port and directory."""
 
