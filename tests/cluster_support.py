@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from tests.support import free_port, wait_until
@@ -270,6 +271,16 @@ class Cluster:
     def url(self) -> str:
         """REDIS_URL for the product: every node's address (the client learns the rest)."""
         return "redis+cluster://" + ",".join(n.address for n in self.nodes)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[RedisCluster]:
+        """A cluster client (redis-py's) that knows the live nodes; closed on exit."""
+        nodes = [ClusterNode(HOST, n.port) for n in self.live()]
+        client = RedisCluster(startup_nodes=nodes, decode_responses=True, socket_timeout=2)
+        try:
+            yield client
+        finally:
+            client.close()
 
     def live(self) -> list[Node]:
         return [n for n in self.nodes if n.alive]

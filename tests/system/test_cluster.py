@@ -14,14 +14,13 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import socketio
-from redis.cluster import ClusterNode, RedisCluster
 
 from service.names import canonical
 from service.shards import Shards
@@ -202,16 +201,6 @@ async def start_game(cluster: Cluster, stack: Stack, database_url: str, per_shar
     return Game(cluster, instances, shards, database_url, clickers)
 
 
-@contextlib.contextmanager
-def cluster_client(cluster: Cluster) -> Iterator[RedisCluster]:
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.live()]
-    client = RedisCluster(startup_nodes=nodes, decode_responses=True, socket_timeout=2)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def assert_exact(clickers: Sequence[Clicker], board: dict[str, int]) -> None:
     """Every ack was the player's next count, and the board holds exactly what was acked."""
     for c in clickers:
@@ -282,7 +271,7 @@ async def test_a_master_lost_and_restarted_empty(
     lost_players = game.on(victim)
     lost_shards = sorted({c.shard for c in lost_players})
     kept_players = [c for c in game.clickers if c not in lost_players]
-    with cluster_client(cluster) as client:
+    with cluster.client() as client:
         epochs = {i: client.get(k.epoch) for i, k in enumerate(game.shards.all())}
     assert all(epochs.values()), f"every shard is marked fresh at start: {epochs}"
     try:
@@ -325,7 +314,7 @@ async def test_a_master_lost_and_restarted_empty(
     assert 0 <= lost <= recent
     assert counts.global_count == sum(counts.board.values())
     # Only the lost shards were restored (a new epoch); the others were never touched.
-    with cluster_client(cluster) as client:
+    with cluster.client() as client:
         after = {i: client.get(k.epoch) for i, k in enumerate(game.shards.all())}
     assert all(after.values()), after
     assert [i for i in range(SHARDS) if after[i] != epochs[i]] == lost_shards

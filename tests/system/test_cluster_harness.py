@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
-from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import MovedError
 
 from tests.cluster_support import SLOTS, Cluster, clusters, slot_of
@@ -16,16 +14,6 @@ from tests.cluster_support import SLOTS, Cluster, clusters, slot_of
 pytestmark = pytest.mark.system
 
 __all__ = ["clusters"]  # the fixture, imported to be found by pytest
-
-
-@contextlib.contextmanager
-def client_of(cluster: Cluster) -> Iterator[RedisCluster]:
-    nodes = [ClusterNode("127.0.0.1", n.port) for n in cluster.live()]
-    client = RedisCluster(startup_nodes=nodes, decode_responses=True, socket_timeout=2)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def listening(port: int) -> bool:
@@ -40,7 +28,7 @@ def test_create_reshard_kill_and_restart_empty(clusters: Callable[..., Cluster])
     owned = [cluster.slots_of(m) for m in masters]
     assert sum(len(s) for s in owned) == SLOTS and len(set().union(*owned)) == SLOTS
 
-    with client_of(cluster) as client:
+    with cluster.client() as client:
         for i in range(600):
             client.set(f"k{i}", i)
         # Each key sits where the harness says, and nowhere else.
@@ -79,14 +67,14 @@ def test_create_reshard_kill_and_restart_empty(clusters: Callable[..., Cluster])
         info = masters[0].info()
         assert info["cluster_state"] == "ok", "full coverage is off: the rest serves on"
         assert int(info["cluster_slots_fail"]) == len(owned[1])
-        with client_of(cluster) as fresh, pytest.raises(redis.RedisError):
+        with cluster.client() as fresh, pytest.raises(redis.RedisError):
             fresh.get(lost[0])
 
         # Back on its port, same id, same slots, nothing in them.
         cluster.restart_empty(victim)
         assert cluster.slots_of(victim) == owned[1]
         assert cluster.keys_on(victim, owned[1]) == 0
-        with client_of(cluster) as fresh:
+        with cluster.client() as fresh:
             assert [fresh.get(k) for k in lost] == [None] * len(lost)
             assert [fresh.get(k) for k in kept] == [k[1:] for k in kept]
             fresh.set(lost[0], "again")
@@ -105,7 +93,7 @@ def test_a_replica_takes_over_its_killed_master(clusters: Callable[..., Cluster]
     replica = cluster.replicas_of(victim)[0]
     owners = cluster.owners()
     keys = [f"{{t{i}}}" for i in range(2000) if owners[slot_of(f"{{t{i}}}")] is victim]
-    with client_of(cluster) as client:
+    with cluster.client() as client:
         for key in keys:
             client.set(key, key)
         # Every write has reached the replica before the kill: nothing may be lost.
