@@ -61,7 +61,9 @@ class Worker:
         self.keys = self.shards.hub
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}"
-        self.redis = connect_redis(settings.redis_url, max_connections=8)
+        # A snapshot or a restore calls every shard at once; on a cluster the pool is per
+        # node and refuses (not waits) past its size, and all shards may sit on one node.
+        self.redis = connect_redis(settings.redis_url, max_connections=8 + self.shards.count)
         self.store = Store(settings.database_url)
         ttl = lease_ttl_s(settings.snapshot_interval_s)
         self.lease = Lease(self.redis, self.keys, self.worker_id, ttl)
