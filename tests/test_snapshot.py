@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError
 
 from service.breakdown import Profile
 from service.counter import utc_day
@@ -16,7 +17,7 @@ from service.store import Store
 from service.tokens import Player
 from tests import worker_support
 from tests.support import make_player
-from tests.worker_support import Players
+from tests.worker_support import Players, fresh
 from worker.snapshot import Snapshotter
 
 # Every test here runs on one shard and on several (tests/worker_support.py).
@@ -228,3 +229,40 @@ async def test_a_paused_old_leader_keeps_its_hands_off_the_successors_changes(
     await Snapshotter(redis, shards, store).snapshot(fence=2)
     assert store.user_sum() == (2, 4)
     assert await inflight(redis, shards) == 0
+
+
+async def test_an_unreachable_shard_is_left_out_and_caught_up_later(
+    redis: Any, prefix: str, store: Store
+) -> None:
+    four = Shards(prefix, 4)
+    counter = await fresh(redis, four)
+    players = [await make_player(counter, f"U{i:02}") for i in range(16)]
+    for p in players:
+        await counter.click(p, 2, 1000)
+    snapshotter = Snapshotter(redis, four, store)
+    down = four.of(players[0].canon)
+    on_down = sum(four.of(p.canon) == down for p in players)
+    take_cut = snapshotter._take_cut
+
+    async def primary_down(keys: list[str], args: list[Any]) -> Any:
+        if keys[0] == four.shard(down).epoch:
+            raise ConnectionError("its primary is down")
+        return await take_cut(keys=keys, args=args)
+
+    snapshotter._take_cut = primary_down  # type: ignore[assignment]
+    report = await snapshotter.snapshot(fence=1)
+    assert report is not None and report.users == 16 - on_down
+    assert store.user_sum() == (16 - on_down, 2 * (16 - on_down))
+    assert store.totals().global_count == 2 * (16 - on_down)  # type: ignore[union-attr]
+    snapshotter._take_cut = take_cut
+    report = await snapshotter.snapshot(fence=1)
+    assert report is not None and report.users == on_down, "its changes waited"
+    assert store.user_sum() == (16, 32)
+    assert store.totals().global_count == 32  # type: ignore[union-attr]
+
+    async def all_down(keys: list[str], args: list[Any]) -> Any:
+        raise ConnectionError("Redis is down")
+
+    snapshotter._take_cut = all_down  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await snapshotter.snapshot(fence=1)

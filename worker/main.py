@@ -167,6 +167,9 @@ class Worker:
                 if restored is not None:
                     await self.feed.add("restore", users=restored, worker=self.worker_id)
                 return restored
+        except StaleFence as exc:  # a newer leader claimed a fence (a shard-count change)
+            await self._stand_down(exc)
+            return None
         except OUTSIDE_ERRORS as exc:
             log.warning("restore attempt failed (%s); retrying on the next check", exc)
             return None

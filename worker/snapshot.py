@@ -8,8 +8,10 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.breakdown import DIMENSIONS
 from service.counter import Counter, as_text, load_script, utc_day
@@ -76,8 +78,10 @@ class Snapshotter:
         self._written_breakdowns: dict[tuple[int, str, str, str], int] = {}
 
     async def read_cuts(self) -> list[Cut]:
-        """Every shard's cut, taken concurrently, in shard order; a shard whose restore is
-        pending (it is not the truth yet) is left out, so the list may be short or empty."""
+        """Every shard's cut, taken concurrently, in shard order. A shard whose restore is
+        pending (it is not the truth yet) or that Redis cannot reach is left out, so the
+        list may be short or empty; raises Redis's error when no cut could be read and
+        some shard could not be reached."""
         now = int(time.time())
         since_ms = self._since_ms
         since = since_ms // 1000 if since_ms else now - HISTORY_S
@@ -87,9 +91,23 @@ class Snapshotter:
         days = sorted({utc_day(t) for t in range(since - 60, now + 61, 3600)} | {utc_day(now)})
         wanted = [(day, dimension) for day in days for dimension in DIMENSIONS]
         found = await asyncio.gather(
-            *(self._read_cut(shard, first, last, wanted) for shard in range(self.shards.count))
+            *(self._read_cut(shard, first, last, wanted) for shard in range(self.shards.count)),
+            return_exceptions=True,
         )
-        cuts = [cut for cut in found if cut is not None]
+        # A shard Redis cannot reach now (its primary is down) is left out, so the other
+        # shards' changes still reach SQL; its changes wait in its in-flight set.
+        unreachable = [i for i, cut in enumerate(found) if isinstance(cut, RedisError)]
+        for outcome in found:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, RedisError):
+                raise outcome
+        cuts = [cut for cut in found if isinstance(cut, Cut)]
+        if unreachable and not cuts:
+            raise cast(RedisError, found[unreachable[0]])
+        if unreachable:
+            log.warning(
+                "shards left out of this snapshot: %s",
+                ", ".join(f"{i} ({found[i]})" for i in unreachable),
+            )
         # The hub's memory of announced global milestones only grows: read after the cuts.
         milestone = int(await self.redis.get(self.shards.hub.milestone_global) or 0)
         for cut in cuts:
@@ -241,7 +259,8 @@ class Snapshotter:
         # successor's, while we were paused) took them over and has yet to commit.
         await asyncio.gather(*(self._drop(cut) for cut in cuts))
         if len(cuts) == self.shards.count:
-            # A shard left out (restoring) has minutes to re-read from the older point.
+            # A shard left out (restoring, unreachable) has minutes to re-read from the
+            # older point.
             self._since_ms = server_ms
         return Report(
             rows=rows,
