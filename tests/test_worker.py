@@ -18,7 +18,7 @@ from service.shards import Shards
 from tests import worker_support
 from tests.support import RedisServer, make_player
 from tests.worker_support import Players, fresh
-from worker.main import Worker, run
+from worker.main import Worker, check, run
 
 # Every test here runs on one shard and on several (tests/worker_support.py).
 shards = worker_support.shards
@@ -203,3 +203,16 @@ async def test_one_shard_going_back_in_time_is_reconciled_alone(
     assert found == {
         p.canon: (5 if four.of(p.canon) == back else 7) + (p is players[0]) for p in players
     }
+
+
+async def test_the_healthcheck_reads_the_hubs_live_workers(
+    workers: Callable[..., Worker], shards: Shards, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker = workers(shards)
+    assert await check(worker.settings) == 1, "no worker has reported yet"
+    await worker.guard()
+    assert await check(worker.settings) == 0
+    assert capsys.readouterr().out.strip() == "healthy"
+    worker.scheduler.start(paused=True)
+    await worker.close()
+    assert await check(worker.settings) == 1, "a stopped worker leaves no health behind"
