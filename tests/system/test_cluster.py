@@ -313,6 +313,17 @@ async def test_a_master_lost_and_restarted_empty(
         await game.close()
 
     down = (killed_at, restart_at)
+    # Measured first, so that a failing run shows them too. Lost: acked before the kill
+    # and not in the lost shards' last snapshot.
+    lost = sum(c.acked(0, killed_at) - snapshot.get(c.name, 0) for c in lost_players)
+    recent = sum(c.acked(killed_at - SNAPSHOT_S - 0.5, killed_at) for c in lost_players)
+    ticks = sum(
+        1 for c in kept_players for t in c.player.state_times if down[0] + 0.5 < t < down[1]
+    )
+    print(
+        f"master lost: {lost} acked clicks lost on shards {lost_shards}, of {recent} acked in"
+        f" the last {SNAPSHOT_S + 0.5} s; the kept players got {ticks} ticks while it was down"
+    )
     # The other masters' players played on, every click counted: while it was down,
     # and while it came back.
     assert not errors_of(kept_players, *down), errors_of(kept_players, *down)
@@ -328,13 +339,9 @@ async def test_a_master_lost_and_restarted_empty(
         assert any(down[0] <= sent < down[1] for sent, _, _ in c.errors), c.name
     assert set(errors_of(lost_players)) == {"unavailable"}, errors_of(lost_players)
     # Restored exactly: the snapshot plus every click acked since the restart.
-    lost = 0
     for c in lost_players:
         assert counts.board[c.name] == snapshot[c.name] + c.acked(killed_at), c.name
         assert c.last_user == counts.board[c.name], c.name
-        lost += c.acked(0, killed_at) - snapshot[c.name]
-    recent = sum(c.acked(killed_at - SNAPSHOT_S - 0.5, killed_at) for c in lost_players)
-    print(f"master lost: {lost} acked clicks lost on shards {lost_shards}; {recent} recent")
     assert 0 <= lost <= recent
     assert counts.global_count == sum(counts.board.values())
     # Only the lost shards were restored (a new epoch); the others were never touched.
@@ -406,8 +413,12 @@ async def test_a_replica_promoted_under_load(
     Its replica is promoted (about 2 s with cluster-node-timeout 1000) and its players
     click on. Replication is asynchronous: what the master acked but had not sent to the
     replica is lost, and the worker then takes the replica as the truth (a generation
-    behind SQL's: it reconciles). The other masters' players lose nothing. RPO seen on this
-    machine: 0 clicks lost in most runs, the replica's lag being well under a tick.
+    behind SQL's: it reconciles). The other masters' players lose nothing, and nothing is
+    counted twice. What the design promises for the promoted master's players is at most
+    what they had acked in the last moments before the kill (asserted: at most the last
+    second's acks). RPO seen on this machine (replicas on the same host): 0 acked clicks lost
+    in 6 of 6 runs, of about 50 acked in the second before the kill; promotion took 2.4 to
+    3.0 s.
     """
     cluster = clusters(masters_count=3, replicas=1)
     game = await start_game(cluster, stack, mysql_url)
