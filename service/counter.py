@@ -9,6 +9,7 @@ each shard keeps global == sum of its users, so the sums keep it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,12 @@ RATE_WINDOW_MS = 1000
 # A click batch's id is remembered this long: the contract promises at least 10 minutes.
 IDEMPOTENCY_TTL_MS = 15 * 60 * 1000
 TOP_N = 10
+# Script calls in flight per instance for reads that span the shards (the tick, the
+# leaderboard): well below the cluster client's per-node pool (service/connection.py).
+FANOUT_CALLS = 16
+# A shard's part of a tick that takes longer is shown as last read: a primary that
+# hangs (not one that refuses) would otherwise hold every tick for the socket timeout.
+SHARD_READ_TIMEOUT_S = 0.5
 ANONYMOUS = Profile()
 
 
@@ -149,6 +156,7 @@ class Counter:
         self._shard_globals: list[int] = peer._shard_globals if peer else [0] * shards.count
         # Each shard's last tick reading, shown while its primary cannot be reached.
         self._last_parts: list[Any] = peer._last_parts if peer else [None] * shards.count
+        self._fanout: asyncio.Semaphore = peer._fanout if peer else asyncio.Semaphore(FANOUT_CALLS)
         # The highest global milestone known to be claimed (claim_global_milestone).
         self._milestone_known = 0
         # Refuses queued clicks that waited too long, and picks the queue's order.
@@ -158,8 +166,10 @@ class Counter:
         # Beyond this many waiting clicks the instance refuses at once (503) instead
         # of letting every click wait seconds for Redis.
         self.max_pending = max_pending
-        self._queue: list[_Queued] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # One queue and one flusher per shard: a shard whose primary hangs holds up its
+        # own players only, and each shard has at most one click call in flight.
+        self._queues: dict[int, list[_Queued]] = {}
+        self._flushers: dict[int, asyncio.Task[None]] = {}
         self._click = load_script(redis, "click")
         self._shard_state = load_script(redis, "shard_state")
         self._milestone_claim = load_script(redis, "milestone_claim")
@@ -270,7 +280,7 @@ class Counter:
         carries all of them: no added delay when idle, one round trip for many when busy.
         A batch with an id that was counted before counts nothing and gets the first answer.
         """
-        if len(self._queue) >= self.max_pending:
+        if sum(map(len, self._queues.values())) >= self.max_pending:
             raise ApiError(
                 503, "overloaded", "This instance is saturated; try again.", retry_after_s=1
             )
@@ -278,7 +288,7 @@ class Counter:
         entry = (player.canon, player.display, player.nonce, n, *profile.values(), click_id)
         shard = self.shards.of(player.canon)
         k = self.shards.shard(shard)
-        self._queue.append(
+        self._queues.setdefault(shard, []).append(
             _Queued(
                 shard,
                 k.click_rate(player.canon),
@@ -289,8 +299,9 @@ class Counter:
                 arrived,
             )
         )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="click-flush")
+        flusher = self._flushers.get(shard)
+        if flusher is None or flusher.done():
+            self._flushers[shard] = asyncio.create_task(self._flush(shard), name="click-flush")
         reply = await future
         outcome = as_text(reply[0])
         if outcome == "token":
@@ -327,25 +338,14 @@ class Counter:
             repeated=outcome == "dup",
         )
 
-    async def _flush(self) -> None:
-        """Send queued clicks in calls of at most max_batch until the queue is empty.
-
-        On several shards a batch is one call per shard, sent together.
-        """
-        while self._queue:
-            batch = self._next_batch()
+    async def _flush(self, shard: int) -> None:
+        """Send a shard's queued clicks in calls of at most max_batch until it is empty."""
+        while self._queues.get(shard):
+            batch = self._next_batch(shard)
             if not batch:
                 continue
-            groups: dict[int, list[_Queued]] = {}
-            for queued in batch:
-                groups.setdefault(queued.shard, []).append(queued)
-            outcomes = await asyncio.gather(
-                *(self._call_click(shard, group) for shard, group in groups.items()),
-                return_exceptions=True,
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
+            with contextlib.suppress(Exception):  # handed to the callers' futures
+                await self._call_click(shard, batch)
 
     async def _call_click(self, shard: int, batch: list[_Queued]) -> None:
         """One call of the click script on one shard; its replies (or error) to the callers."""
@@ -374,19 +374,23 @@ class Counter:
         for queued, reply in zip(batch, replies, strict=True):
             if not queued.future.done():
                 queued.future.set_result(reply)
+        if sharded and (counted := [r for r in replies if r[0] == b"ok"]):
+            # This shard's global after the call, fresher than the tick's reading.
+            self._shard_globals[shard] = int(counted[-1][2]) - others
 
-    def _next_batch(self) -> list[_Queued]:
-        """Take the clicks for the next Redis call, refusing those that waited too long.
+    def _next_batch(self, shard: int) -> list[_Queued]:
+        """Take a shard's clicks for its next Redis call, refusing those that waited too long.
 
         Oldest first normally; newest first while admission control sees a standing
         queue (adaptive LIFO). A caller that gave up (cancelled) is not counted.
         """
         admission = self.admission
+        queue = self._queues[shard]
         if admission is None:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            batch, self._queues[shard] = queue[: self.max_batch], queue[self.max_batch :]
             return [queued for queued in batch if not queued.future.done()]
         live: list[_Queued] = []
-        for queued in self._queue:
+        for queued in queue:
             if queued.future.done():
                 continue
             if admission.expired(queued.arrived):
@@ -394,12 +398,12 @@ class Counter:
             else:
                 live.append(queued)
         if admission.congested():
-            batch, self._queue = live[-self.max_batch :], live[: -self.max_batch]
+            batch, self._queues[shard] = live[-self.max_batch :], live[: -self.max_batch]
         else:
-            batch, self._queue = live[: self.max_batch], live[self.max_batch :]
+            batch, self._queues[shard] = live[: self.max_batch], live[self.max_batch :]
         for queued in batch:
             admission.served(queued.arrived)
-        if not self._queue:
+        if not any(self._queues.values()):
             admission.drained()
         return batch
 
@@ -426,8 +430,9 @@ class Counter:
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (bounded) for queued clicks to reach Redis, at shutdown."""
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.wait({self._flusher}, timeout=timeout_s)
+        running = {task for task in self._flushers.values() if not task.done()}
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
 
     async def nonce_is_live(self, player: Player) -> bool:
         """True when the token's nonce is current, or Redis lost it and awaits a restore."""
@@ -472,7 +477,7 @@ class Counter:
 
     async def _admin_result(self, canon: str, reply: list[Any], count: int) -> AdminResult:
         """The script's answer; on several shards its global is the user's shard's, plus
-        the other shards' as read now."""
+        the other shards' as last read (the edit is done: no read may fail it now)."""
         outcome = as_text(reply[0])
         if outcome == "missing":
             raise ApiError(404, "not_found", "No user by that name.")
@@ -484,8 +489,8 @@ class Counter:
         global_count = int(reply[2])
         if self.shards.sharded:
             mine = self.shards.of(canon)
-            others = [k.global_count for i, k in enumerate(self.shards.all()) if i != mine]
-            global_count += sum(int(v or 0) for v in await self._each(others, self.redis.get))
+            self._shard_globals[mine] = global_count  # exact now: fresher than the tick's
+            global_count += sum(self._shard_globals) - self._shard_globals[mine]
         return AdminResult(
             username=as_text(reply[1]),
             global_count=global_count,
@@ -532,8 +537,14 @@ class Counter:
         reply, *read = await asyncio.gather(
             hub_call,
             *(
-                self._shard_state(
-                    keys=[k.global_count, k.board, k.clicks_total, k.epoch], args=[top_n]
+                asyncio.wait_for(
+                    self._fanned(
+                        self._shard_state(
+                            keys=[k.global_count, k.board, k.clicks_total, k.epoch],
+                            args=[top_n],
+                        )
+                    ),
+                    SHARD_READ_TIMEOUT_S,
                 )
                 for k in self.shards.all()
             ),
@@ -545,7 +556,8 @@ class Counter:
         # else's clicks keep moving the ticks (its own players get `unavailable`).
         parts, unreachable = [], 0
         for shard, part in enumerate(read):
-            if isinstance(part, REDIS_ERRORS) and self._last_parts[shard] is not None:
+            late = isinstance(part, (*REDIS_ERRORS, TimeoutError))
+            if late and self._last_parts[shard] is not None:
                 part, unreachable = self._last_parts[shard], unreachable + 1
             elif isinstance(part, BaseException):
                 raise part
@@ -599,7 +611,7 @@ class Counter:
         else:
             parts = await asyncio.gather(
                 *(
-                    self._leaderboard(keys=[k.board], args=[0, offset + limit])
+                    self._fanned(self._leaderboard(keys=[k.board], args=[0, offset + limit]))
                     for k in self.shards.all()
                 )
             )
@@ -652,8 +664,8 @@ class Counter:
     async def _above(self, count: int, shard: int) -> int:
         """How many players of the shards other than `shard` count more than `count`."""
         boards = [k.board for i, k in enumerate(self.shards.all()) if i != shard]
-        above = await self._each(
-            boards, lambda board: self.redis.zcount(board, f"({count}", "+inf")
+        above = await self._piped(
+            boards, lambda pipe, board: pipe.zcount(board, f"({count}", "+inf")
         )
         return sum(int(a) for a in above)
 
@@ -662,9 +674,9 @@ class Counter:
         # Bytes: 0xff sorts after every UTF-8 byte; the str "\xff" would be c3 bf.
         low = b"[" + prefix.encode() if prefix else b"-"
         high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
-        found = await self._each(
+        found = await self._piped(
             [k.lex for k in self.shards.all()],
-            lambda lex: self.redis.zrangebylex(lex, low, high, start=0, num=limit),
+            lambda pipe, lex: pipe.zrangebylex(lex, low, high, start=0, num=limit),
         )
         canons = sorted(c for part in found for c in part)[:limit]
         return await self.users([as_text(c) for c in canons])
@@ -676,8 +688,8 @@ class Counter:
         last = int(now // bucket) * bucket
         starts = [last - i * bucket for i in range(span // bucket - 1, -1, -1)]
         minutes = [str(start + m * 60) for start in starts for m in range(bucket // 60)]
-        parts = await self._each(
-            [k.minutes for k in self.shards.all()], lambda key: self.redis.hmget(key, minutes)
+        parts = await self._piped(
+            [k.minutes for k in self.shards.all()], lambda pipe, key: pipe.hmget(key, minutes)
         )
         per_minute = [sum(int(part[i] or 0) for part in parts) for i in range(len(minutes))]
         per_bucket = bucket // 60
@@ -696,7 +708,7 @@ class Counter:
             for back in range(days)
         ]
         totals: dict[str, int] = {}
-        for day in await self._each(keys, self.redis.hgetall):
+        for day in await self._piped(keys, lambda pipe, key: pipe.hgetall(key)):
             for value, clicks in day.items():
                 totals[as_text(value)] = totals.get(as_text(value), 0) + int(clicks)
         ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
@@ -710,9 +722,9 @@ class Counter:
             )
             return [(as_text(row[0]), int(row[1])) for row in flat]
         # A shard's board holds at most a few hundred countries: read them whole and sum.
-        parts = await self._each(
+        parts = await self._piped(
             [k.country_board for k in self.shards.all()],
-            lambda key: self.redis.zrange(key, 0, -1, withscores=True),
+            lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
         )
         totals: dict[str, int] = {}
         for part in parts:
@@ -720,10 +732,20 @@ class Counter:
                 totals[as_text(code)] = totals.get(as_text(code), 0) + int(clicks)
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
-    @staticmethod
-    async def _each(keys: list[str], read: Callable[[str], Awaitable[Any]]) -> list[Any]:
-        """read(key) for every key, concurrently (on a cluster each goes to its node)."""
-        return list(await asyncio.gather(*(read(key) for key in keys)))
+    async def _piped(self, keys: list[str], queue: Callable[[Any, str], Any]) -> list[Any]:
+        """queue(pipeline, key) for every key, then the replies in order: one round trip
+        on a single Redis, one per node on a cluster (one connection each, so reads
+        that span the shards cannot exhaust the cluster client's per-node pool)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            queue(pipe, key)
+        return list(await pipe.execute())
+
+    async def _fanned(self, call: Awaitable[Any]) -> Any:
+        """A script call of a read that spans the shards, at most FANOUT_CALLS at a time
+        per instance (scripts do not go in cluster pipelines)."""
+        async with self._fanout:
+            return await call
 
     # -- presence ----------------------------------------------------------
     async def heartbeat(self, instance_id: str, connections: int, ttl_ms: int) -> None:
@@ -748,8 +770,8 @@ class Counter:
         epochs = [k.epoch for k in self.shards.all()]
         if self.shards.sharded:
             epochs.append(self.keys.epoch)
-        marked = await self._each(
-            epochs, lambda key: self.redis.set(key, secrets.token_hex(8), nx=True)
+        marked = await self._piped(
+            epochs, lambda pipe, key: pipe.set(key, secrets.token_hex(8), nx=True)
         )
         return any(marked)
 
@@ -758,7 +780,7 @@ class Counter:
         epochs = [k.epoch for k in self.shards.all()]
         if self.shards.sharded:
             epochs.append(self.keys.epoch)
-        return all(await self._each(epochs, self.redis.exists))
+        return all(await self._piped(epochs, lambda pipe, key: pipe.exists(key)))
 
     # -- worker status, for /readyz and /metrics ----------------------------
     async def snapshot_status(self) -> dict[str, str]:
