@@ -26,14 +26,14 @@ import redis
 
 from service.connection import connect_redis
 from service.counter import Counter
-from service.keys import Keys
+from service.shards import Shards
 from service.tokens import Player
 from service.validation import canonical
 
 
 async def measure(url: str, users: int, calls: int, n: int) -> dict[str, Any]:
     client = connect_redis(url)
-    counter = Counter(client, Keys(f"cost-n{n}:"))
+    counter = Counter(client, Shards(f"cost-n{n}:"))
     await counter.mark_fresh()
     stats = redis.Redis.from_url(url)
     memory_before = int(stats.info("memory")["used_memory"])

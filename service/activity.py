@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from service.admin import ADMIN_ROOM
 from service.bus import encode_message
+from service.connection import REDIS_ERRORS
 from service.counter import as_text, load_script
 from service.keys import Keys
 
@@ -90,7 +90,7 @@ class Feed:
             entry = {"id": entry_id, **entry}
             if self.deliver is not None:
                 await self.deliver(EVENT, entry, ADMIN_ROOM)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not add a %s event to the activity feed: %s", kind, exc)
             return None
         except Exception:

@@ -7,7 +7,6 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,11 +15,15 @@ from starlette.routing import Route
 from service import metrics, validation
 from service.audit import Outcome, Record
 from service.breakdown import classify, country_of
+from service.connection import REDIS_ERRORS
 from service.errors import ApiError, invalid_token, unavailable
 from service.events import player_room
 from service.junk import number
 from service.names import lookup
 from service.tokens import Player
+
+# Redis unreachable, or a read that timed out (asyncio.wait_for): a 503, never a 500.
+UNREACHABLE: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError, TimeoutError)
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -245,7 +248,7 @@ async def _tell_player(rt: Runtime, canon: str, nonce: str | None, data: dict[st
         return
     try:
         await rt.bus.publish("you", data, room=player_room(canon, nonce))
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("could not tell the player about an admin change: %s", exc)
 
 
@@ -281,7 +284,7 @@ async def readyz(request: Request) -> Response:
         body["redis"] = "ok"
         body["restore"] = "done" if current.restored else "in_progress"
         body["snapshot"] = _snapshot_view(await rt.counter.snapshot_status(), current.server_ms)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except UNREACHABLE as exc:
         body["redis"] = f"unreachable: {exc}"
         problems.append(f"Redis is unreachable ({exc})")
     body["pubsub"] = "ok" if rt.bus.healthy else "down"
@@ -315,7 +318,7 @@ async def metrics_endpoint(request: Request) -> Response:
             "snapshot_failures": view["failures"],
             "workers_alive": await rt.counter.workers_alive(),
         }
-    except (RedisError, OSError, TimeoutError):
+    except UNREACHABLE:
         metrics.REDIS_ERRORS.labels("metrics").inc()
     body, content_type = metrics.render(
         cluster, multiprocess=rt.settings.prometheus_multiproc_dir is not None
@@ -384,6 +387,6 @@ def exception_handlers() -> dict[Any, Any]:
     return {
         ApiError: _on_api_error,
         HTTPException: _on_http_error,
-        RedisError: _on_redis_error,
+        **{error: _on_redis_error for error in REDIS_ERRORS},
         Exception: _on_unexpected,
     }

@@ -15,10 +15,10 @@ from service.activity import Feed
 from service.admin import Admins
 from service.admission import ClickGate
 from service.audit import AuditLog
-from service.bootstrap import mark_fresh_start, token_secret
+from service.bootstrap import check_layout, mark_fresh_start, token_secret
 from service.breakdown import warm_up
 from service.bus import Bus
-from service.connection import connect_redis
+from service.connection import connect_redis, ready
 from service.counter import Counter
 from service.janitor import SocketJanitor
 from service.logs import configure_logging
@@ -48,15 +48,22 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Their commands are reads and absolute writes, safe to re-send on a lost reply.
         loops_redis = connect_redis(settings.redis_url, max_connections=6, retry=True)
         stack.push_async_callback(loops_redis.aclose)
-        runtime.counter = counter = Counter(redis, runtime.keys, admission=runtime.admission)
+        await ready(loops_redis)
+        await check_layout(runtime.shards, redis)
+        runtime.counter = counter = Counter(redis, runtime.shards, admission=runtime.admission)
         stack.push_async_callback(counter.drain)
         store = Store(settings.database_url)
         runtime.signer = TokenSigner(await token_secret(settings, counter, store))
         await mark_fresh_start(counter, store)
 
-        background = Counter(loops_redis, runtime.keys)
+        background = Counter(loops_redis, runtime.shards, peer=counter)
         runtime.presence = Presence(background, runtime.instance_id, settings.presence_ttl_s)
-        runtime.ticker = Ticker(background, settings.broadcast_interval_ms, runtime.broadcast_state)
+        runtime.ticker = Ticker(
+            background,
+            settings.broadcast_interval_ms,
+            runtime.broadcast_state,
+            on_milestone=runtime.announce_global_milestone,
+        )
         runtime.bus = Bus(
             loops_redis,
             runtime.keys.events,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
+from service.connection import REDIS_ERRORS
 from service.counter import Counter
 from service.settings import Settings
+from service.shards import LayoutMismatch, Shards
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ async def token_secret(settings: Settings, counter: Counter, store: Store) -> st
             cached = await counter.redis.get(counter.keys.secret)
             if cached:
                 return cached.decode() if isinstance(cached, bytes) else str(cached)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("cannot read the cached secret from Redis: %s", exc)
         try:
             secret = await asyncio.to_thread(store.secret)
@@ -46,10 +48,25 @@ async def token_secret(settings: Settings, counter: Counter, store: Store) -> st
             continue
         try:
             await counter.redis.set(counter.keys.secret, secret)
-        except RedisError:
+        except REDIS_ERRORS:
             pass  # the cache is an optimisation; SQL answered
         return secret
     raise RuntimeError("no token secret: set SECRET_KEY, or make Redis or the SQL store reachable")
+
+
+async def check_layout(shards: Shards, redis: Redis) -> None:
+    """Refuse to start (LayoutMismatch, logged) on a Redis laid out with other shards.
+
+    A Redis that cannot be reached is not checked: the instance starts and answers
+    `unavailable` until it returns, as it would without sharding.
+    """
+    try:
+        await shards.check_layout(redis)
+    except LayoutMismatch as exc:
+        log.error("refusing to start: %s", exc)
+        raise
+    except REDIS_ERRORS as exc:
+        log.warning("shard layout not checked, Redis is unreachable: %s", exc)
 
 
 async def mark_fresh_start(counter: Counter, store: Store) -> None:

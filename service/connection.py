@@ -11,11 +11,16 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError, TimeoutError
 
 from service.urls import split_host_port
 
+# What a Redis call may raise when Redis (or a cluster node, or a slot) is unreachable:
+# redis-py's cluster client raises some of these outside RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+
 MAX_CONNECTIONS = 64
+CLUSTER_MIN_CONNECTIONS = 64
 
 
 def _options(retry: bool) -> dict[str, Any]:
@@ -97,8 +102,23 @@ def _cluster_client(url: str, retry: bool, max_connections: int) -> Redis:
         startup_nodes=nodes,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
-        max_connections=max_connections,
+        # Per node, and a full cluster pool raises instead of waiting: a tick reads
+        # every shard at once, so a node may see one call per shard it holds.
+        max_connections=max(max_connections, CLUSTER_MIN_CONNECTIONS),
+        # With a master down, the players of the other masters keep playing (the nodes
+        # need `cluster-require-full-coverage no` for that too; docs/cluster.md).
+        require_full_coverage=False,
         **options,
     )
     # The callers treat it as a Redis: same commands, same script objects.
     return client  # type: ignore[return-value]
+
+
+async def ready(client: Redis) -> None:
+    """Learn a cluster's nodes and slots now (a no-op on other clients), so the first
+    commands, and a pub/sub subscription, find the slot map in place."""
+    if isinstance(client, RedisCluster):
+        try:
+            await client.initialize()
+        except REDIS_ERRORS:
+            pass  # unreachable now: the first command tries again, and fails clearly

@@ -1,10 +1,17 @@
-"""The Redis data model: the only module that knows the keys and runs the Lua scripts."""
+"""The Redis data model: the only module that knows the keys and runs the Lua scripts.
+
+On several shards (service/shards.py) a player's scripts run on their shard, and every
+read that spans players (the tick's state, the leaderboard, stats, breakdowns,
+countries) reads each shard and sums or merges: per-shard reads are each atomic and
+each shard keeps global == sum of its users, so the sums keep it too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -17,6 +24,7 @@ from service.breakdown import DIMENSIONS, Profile
 from service.errors import ApiError, count_limit, invalid_token, restoring, unavailable
 from service.keys import Keys
 from service.names import SKELETON_VERSION, canonical, skeleton
+from service.shards import Shards
 from service.tokens import Player
 from service.validation import WINDOWS
 
@@ -66,6 +74,7 @@ class ClickResult:
 class _Queued:
     """A click entry waiting for the next call of the click script."""
 
+    shard: int
     rate_key: str
     idempotency_key: str
     entry: tuple[str | int, ...]
@@ -98,6 +107,10 @@ class State:
     top: list[tuple[str, int]] = field(default_factory=list)
     # Redis's clock made monotonic (state.lua): what tick ids are taken from.
     clock_ms: int = 0
+    # Each shard's share of global_count, in shard order (one entry on a single Redis).
+    shard_globals: tuple[int, ...] = ()
+    # False while the hub's own memory (the global milestone) awaits its restore.
+    hub_restored: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,19 +124,28 @@ class Entry:
 
 
 class Counter:
-    """Atomic counting, identity, rate limits, presence and reads, all on one Redis."""
+    """Atomic counting, identity, rate limits, presence and reads, on one Redis or a cluster."""
 
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        shards: Shards,
         *,
         max_batch: int = 100,
         max_pending: int = 5000,
         admission: Admission | None = None,
+        peer: Counter | None = None,
     ) -> None:
         self.redis = redis
-        self.keys = keys
+        self.shards = shards
+        # The hub's keys (presence, clock, secret, worker status); on one Redis, all keys.
+        self.keys: Keys = shards.hub
+        # Each shard's share of the global count as last read (state(), here or by `peer`,
+        # which shares this list); a click's answer on several shards adds the other
+        # shards' shares to its own shard's exact count.
+        self._shard_globals: list[int] = peer._shard_globals if peer else [0] * shards.count
+        # The highest global milestone known to be claimed (claim_global_milestone).
+        self._milestone_known = 0
         # Refuses queued clicks that waited too long, and picks the queue's order.
         self.admission = admission
         # A call of 100 entries keeps Redis busy for a few ms at most.
@@ -134,6 +156,9 @@ class Counter:
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
         self._click = load_script(redis, "click")
+        self._shard_state = load_script(redis, "shard_state")
+        self._milestone_claim = load_script(redis, "milestone_claim")
+        self._counter_window = load_script(redis, "admin_fail")
         self._join = load_script(redis, "join")
         self._set_count = load_script(redis, "set_count")
         self._delete = load_script(redis, "delete")
@@ -145,8 +170,21 @@ class Counter:
     # -- players -----------------------------------------------------------
     async def join(self, display: str, canon: str, address: str, limit_per_minute: int) -> str:
         """Reserve the name and return the nonce its token will carry."""
-        k = self.keys
+        k = self.shards.keys_of(canon)
         nonce = secrets.token_hex(8)
+        if self.shards.sharded:
+            # The address's counter is a hub key: counted here, and the script skips it.
+            used, ttl_ms = await self._counter_window(
+                keys=[self.keys.join_rate(address)], args=[60_000]
+            )
+            if int(used) > limit_per_minute:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"Too many joins from your address; at most {limit_per_minute} a minute.",
+                    retry_after_s=max(1, int(ttl_ms) // 1000),
+                )
+            limit_per_minute = 0
         for _ in range(3):
             reply = await self._join(
                 keys=[
@@ -156,7 +194,7 @@ class Counter:
                     k.lex,
                     k.dirty,
                     k.epoch,
-                    k.join_rate(address),
+                    k.join_rate(address) if limit_per_minute else k.nonces,
                     k.skeletons,
                     k.skeletons_version,
                 ],
@@ -164,7 +202,7 @@ class Counter:
             )
             if as_text(reply[0]) != "unindexed":
                 break
-            await self.index_skeletons()
+            await self.index_skeletons(k)
         outcome = as_text(reply[0])
         if outcome == "taken":
             owner = as_text(reply[1])
@@ -189,13 +227,13 @@ class Counter:
             raise unavailable("The name index is being rebuilt; try again in a moment.")
         return nonce
 
-    async def index_skeletons(self, batch: int = 1000) -> int:
-        """Index every stored name by its skeleton (first come keeps a shared one); how many.
+    async def index_skeletons(self, k: Keys, batch: int = 1000) -> int:
+        """Index every name stored in a shard by its skeleton (first come keeps a shared
+        one); how many.
 
         Runs when the index is missing (a new deployment, a Redis loss) or was built with
         another ICU. Idempotent and safe to run on several instances at once.
         """
-        k = self.keys
         indexed, cursor = 0, 0
         while True:
             cursor, rows = await self.redis.hscan(k.names, cursor, count=batch)
@@ -233,10 +271,13 @@ class Counter:
             )
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         entry = (player.canon, player.display, player.nonce, n, *profile.values(), click_id)
+        shard = self.shards.of(player.canon)
+        k = self.shards.shard(shard)
         self._queue.append(
             _Queued(
-                self.keys.click_rate(player.canon),
-                self.keys.idempotency(player.canon, click_id),
+                shard,
+                k.click_rate(player.canon),
+                k.idempotency(player.canon, click_id),
                 entry,
                 limit_cps,
                 future,
@@ -274,7 +315,7 @@ class Counter:
             )
         return ClickResult(
             user=int(reply[1]),
-            global_count=int(reply[2]),
+            global_count=int(as_text(reply[2])),
             rank=int(reply[3]),
             global_milestone=int(reply[4]) if outcome == "ok" else 0,
             personal_milestone=int(reply[5]) if outcome == "ok" else 0,
@@ -282,34 +323,52 @@ class Counter:
         )
 
     async def _flush(self) -> None:
-        """Send queued clicks in calls of at most max_batch until the queue is empty."""
+        """Send queued clicks in calls of at most max_batch until the queue is empty.
+
+        On several shards a batch is one call per shard, sent together.
+        """
         while self._queue:
             batch = self._next_batch()
             if not batch:
                 continue
-            try:
-                replies = await self._click(
-                    keys=[
-                        *self._click_keys(),
-                        *(key for q in batch for key in (q.rate_key, q.idempotency_key)),
-                    ],
-                    args=[
-                        batch[0].limit_cps,
-                        RATE_WINDOW_MS,
-                        IDEMPOTENCY_TTL_MS,
-                        *(value for q in batch for value in q.entry),
-                    ],
-                )
-            except BaseException as exc:
-                for queued in batch:
-                    if not queued.future.done():
-                        queued.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for queued, reply in zip(batch, replies, strict=True):
+            groups: dict[int, list[_Queued]] = {}
+            for queued in batch:
+                groups.setdefault(queued.shard, []).append(queued)
+            outcomes = await asyncio.gather(
+                *(self._call_click(shard, group) for shard, group in groups.items()),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+
+    async def _call_click(self, shard: int, batch: list[_Queued]) -> None:
+        """One call of the click script on one shard; its replies (or error) to the callers."""
+        sharded = self.shards.sharded
+        others = sum(self._shard_globals) - self._shard_globals[shard] if sharded else 0
+        try:
+            replies = await self._click(
+                keys=[
+                    *self._click_keys(self.shards.shard(shard)),
+                    *(key for q in batch for key in (q.rate_key, q.idempotency_key)),
+                ],
+                args=[
+                    batch[0].limit_cps,
+                    RATE_WINDOW_MS,
+                    IDEMPOTENCY_TTL_MS,
+                    int(sharded),
+                    others,
+                    *(value for q in batch for value in q.entry),
+                ],
+            )
+        except BaseException as exc:
+            for queued in batch:
                 if not queued.future.done():
-                    queued.future.set_result(reply)
+                    queued.future.set_exception(exc)
+            raise
+        for queued, reply in zip(batch, replies, strict=True):
+            if not queued.future.done():
+                queued.future.set_result(reply)
 
     def _next_batch(self) -> list[_Queued]:
         """Take the clicks for the next Redis call, refusing those that waited too long.
@@ -339,8 +398,7 @@ class Counter:
             admission.drained()
         return batch
 
-    def _click_keys(self) -> list[str]:
-        k = self.keys
+    def _click_keys(self, k: Keys) -> list[str]:
         day = utc_day(time.time())
         return [
             k.nonces,
@@ -355,7 +413,9 @@ class Counter:
             k.lex,
             *(k.breakdown(dimension, day) for dimension in DIMENSIONS),
             k.country_board,
-            k.milestone_global,
+            # A hub key, which a shard's script may not name; on several shards the
+            # script leaves global milestones to the ticker and never reads it.
+            k.milestone_global if not self.shards.sharded else k.milestone_personal,
             k.milestone_personal,
         ]
 
@@ -366,7 +426,7 @@ class Counter:
 
     async def nonce_is_live(self, player: Player) -> bool:
         """True when the token's nonce is current, or Redis lost it and awaits a restore."""
-        k = self.keys
+        k = self.shards.keys_of(player.canon)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(k.nonces, player.canon)
         pipe.exists(k.epoch)
@@ -377,16 +437,16 @@ class Counter:
 
     # -- admin -------------------------------------------------------------
     async def set_count(self, canon: str, count: int) -> AdminResult:
-        k = self.keys
+        k = self.shards.keys_of(canon)
         reply = await self._set_count(
             keys=[k.names, k.board, k.global_count, k.dirty, k.epoch, k.nonces],
             args=[canon, count],
         )
-        return self._admin_result(reply, count)
+        return await self._admin_result(canon, reply, count)
 
     async def delete(self, canon: str, nonce: str | None = None) -> AdminResult:
         """Delete the user (only the one holding `nonce`, if given); 404 when missing."""
-        k = self.keys
+        k = self.shards.keys_of(canon)
         reply = await self._delete(
             keys=[
                 k.names,
@@ -403,10 +463,11 @@ class Counter:
             ],
             args=[canon, skeleton(canon)] + ([] if nonce is None else [nonce]),
         )
-        return self._admin_result(reply, 0)
+        return await self._admin_result(canon, reply, 0)
 
-    @staticmethod
-    def _admin_result(reply: list[Any], count: int) -> AdminResult:
+    async def _admin_result(self, canon: str, reply: list[Any], count: int) -> AdminResult:
+        """The script's answer; on several shards its global is the user's shard's, plus
+        the other shards' as read now."""
         outcome = as_text(reply[0])
         if outcome == "missing":
             raise ApiError(404, "not_found", "No user by that name.")
@@ -415,9 +476,14 @@ class Counter:
         if outcome == "limit":
             raise count_limit()
         nonce = as_text(reply[3]) if reply[3] is not None else None
+        global_count = int(reply[2])
+        if self.shards.sharded:
+            mine = self.shards.of(canon)
+            others = [k.global_count for i, k in enumerate(self.shards.all()) if i != mine]
+            global_count += sum(int(v or 0) for v in await self._each(others, self.redis.get))
         return AdminResult(
             username=as_text(reply[1]),
-            global_count=int(reply[2]),
+            global_count=global_count,
             nonce=nonce,
             count=count,
             before=int(reply[4]),
@@ -425,39 +491,107 @@ class Counter:
 
     # -- reads -------------------------------------------------------------
     async def state(self, top_n: int = TOP_N, floor_ms: int = 0) -> State:
-        """The whole counter at one instant; its clock_ms is never below floor_ms."""
-        k = self.keys
-        reply = await self._state(
+        """The whole counter (each shard at one instant); its clock_ms is never below floor_ms.
+
+        One script call on a single Redis. On several shards: the hub's call (clock and
+        presence) and one per shard, together; the shares are summed and the tops merged.
+        """
+        hub = self.keys
+        hub_call = self._state(
             keys=[
-                k.global_count,
-                k.board,
-                k.clicks_total,
-                k.presence_expiry,
-                k.presence_count,
-                k.epoch,
-                k.clock,
+                hub.global_count,
+                hub.board,
+                hub.clicks_total,
+                hub.presence_expiry,
+                hub.presence_count,
+                hub.epoch,
+                hub.clock,
             ],
             args=[top_n, floor_ms],
         )
+        if not self.shards.sharded:
+            reply = await hub_call
+            state = State(
+                global_count=int(reply[0]),
+                users=int(reply[1]),
+                clicks_total=int(reply[2]),
+                online=int(reply[3]),
+                restored=bool(reply[4]),
+                server_ms=int(reply[5]),
+                top=_pairs(reply[6]),
+                clock_ms=int(reply[7]),
+                shard_globals=(int(reply[0]),),
+            )
+            self._shard_globals[:] = state.shard_globals
+            return state
+        reply, *parts = await asyncio.gather(
+            hub_call,
+            *(
+                self._shard_state(
+                    keys=[k.global_count, k.board, k.clicks_total, k.epoch], args=[top_n]
+                )
+                for k in self.shards.all()
+            ),
+        )
+        shard_globals = tuple(int(part[0]) for part in parts)
+        self._shard_globals[:] = shard_globals
         return State(
-            global_count=int(reply[0]),
-            users=int(reply[1]),
-            clicks_total=int(reply[2]),
+            global_count=sum(shard_globals),
+            users=sum(int(part[1]) for part in parts),
+            clicks_total=sum(int(part[2]) for part in parts),
             online=int(reply[3]),
-            restored=bool(reply[4]),
+            restored=all(int(part[3]) for part in parts),
             server_ms=int(reply[5]),
-            top=_pairs(reply[6]),
+            top=_merge_top([_pairs(part[4]) for part in parts], top_n),
             clock_ms=int(reply[7]),
+            shard_globals=shard_globals,
+            hub_restored=bool(reply[4]),
         )
 
-    async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:
-        total, first_rank, flat = await self._leaderboard(
-            keys=[self.keys.board], args=[offset, limit]
+    async def claim_global_milestone(self, state: State) -> int:
+        """On several shards: the global milestone this state reached first, or 0.
+
+        Judged on the summed global (a power of ten, from 1,000) and claimed by a
+        compare-and-set on the hub, so one instance announces it, once. On a single
+        Redis the click script does this itself and this returns 0.
+        """
+        if not self.shards.sharded or not state.restored or not state.hub_restored:
+            return 0
+        reached = _power_of_ten(state.global_count, 1000)
+        if reached <= self._milestone_known:
+            return 0  # claimed already, by us or another instance
+        claimed = await self._milestone_claim(
+            keys=[self.keys.milestone_global, self.keys.epoch], args=[str(reached)]
         )
+        self._milestone_known = reached
+        return int(as_text(claimed) or 0)
+
+    async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:
+        """One page of the leaderboard and the number of players, ranks shared by equal counts.
+
+        On several shards each shard's first offset + limit rows are merged: everyone above
+        the page's first row is among them, so its rank is counted from the merge.
+        """
+        if not self.shards.sharded:
+            total, first_rank, flat = await self._leaderboard(
+                keys=[self.keys.board], args=[offset, limit]
+            )
+            rows = _pairs(flat)
+        else:
+            parts = await asyncio.gather(
+                *(
+                    self._leaderboard(keys=[k.board], args=[0, offset + limit])
+                    for k in self.shards.all()
+                )
+            )
+            total = sum(int(part[0]) for part in parts)
+            merged = _merge_top([_pairs(part[2]) for part in parts], offset + limit)
+            rows = merged[offset:]
+            first_rank = 1 + sum(1 for _, count in merged if rows and count > rows[0][1])
         entries: list[Entry] = []
-        for i, (name, count) in enumerate(_pairs(flat)):
+        for i, (name, count) in enumerate(rows):
             # Equal counts share a rank; where the count drops, everyone above has more
-            # clicks, so the rank is the position. The first row's comes from Redis.
+            # clicks, so the rank is the position. The first row's is counted above it.
             if not entries:
                 rank = int(first_rank)
             elif count == entries[-1].count:
@@ -468,29 +602,65 @@ class Counter:
         return int(total), entries
 
     async def users(self, canons: list[str]) -> list[Entry]:
-        """Rank, display name and count for the users that exist among these names."""
+        """Rank, display name and count for the users that exist among these names.
+
+        On several shards a rank adds, to the rank in the user's shard, how many players
+        of every other shard count more.
+        """
         if not canons:
             return []
-        rows = await self._user(keys=[self.keys.names, self.keys.board], args=canons)
-        return [Entry(int(rank), as_text(name), int(float(count))) for name, count, rank in rows]
+        found: list[Entry] = []
+        by_shard: dict[int, list[str]] = {}
+        for canon in canons:
+            by_shard.setdefault(self.shards.of(canon), []).append(canon)
+        for shard, names in by_shard.items():
+            k = self.shards.shard(shard)
+            rows = await self._user(keys=[k.names, k.board], args=names)
+            for name, count, rank in rows:
+                entry = Entry(int(rank), as_text(name), int(float(count)))
+                if self.shards.sharded:
+                    entry = Entry(
+                        entry.rank + await self._above(entry.count, shard),
+                        entry.username,
+                        entry.count,
+                    )
+                found.append(entry)
+        if not self.shards.sharded:
+            return found
+        order = {canon: i for i, canon in enumerate(canons)}
+        return sorted(found, key=lambda e: order.get(canonical(e.username), len(order)))
+
+    async def _above(self, count: int, shard: int) -> int:
+        """How many players of the shards other than `shard` count more than `count`."""
+        boards = [k.board for i, k in enumerate(self.shards.all()) if i != shard]
+        above = await self._each(
+            boards, lambda board: self.redis.zcount(board, f"({count}", "+inf")
+        )
+        return sum(int(a) for a in above)
 
     async def search(self, prefix: str, limit: int) -> list[Entry]:
         """Users whose name starts with prefix (ignoring case), in name order."""
         # Bytes: 0xff sorts after every UTF-8 byte; the str "\xff" would be c3 bf.
         low = b"[" + prefix.encode() if prefix else b"-"
         high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
-        canons = await self.redis.zrangebylex(self.keys.lex, low, high, start=0, num=limit)
+        found = await self._each(
+            [k.lex for k in self.shards.all()],
+            lambda lex: self.redis.zrangebylex(lex, low, high, start=0, num=limit),
+        )
+        canons = sorted(c for part in found for c in part)[:limit]
         return await self.users([as_text(c) for c in canons])
 
     async def stats(self, window_name: str, now: float | None = None) -> dict[str, Any]:
-        """Clicks per bucket over a window, oldest first, empty buckets as 0."""
+        """Clicks per bucket over a window, oldest first, empty buckets as 0 (shards summed)."""
         span, bucket = WINDOWS[window_name]
         now = time.time() if now is None else now
         last = int(now // bucket) * bucket
         starts = [last - i * bucket for i in range(span // bucket - 1, -1, -1)]
-        minutes = [start + m * 60 for start in starts for m in range(bucket // 60)]
-        values = await self.redis.hmget(self.keys.minutes, [str(m) for m in minutes])
-        per_minute = [int(v) if v is not None else 0 for v in values]
+        minutes = [str(start + m * 60) for start in starts for m in range(bucket // 60)]
+        parts = await self._each(
+            [k.minutes for k in self.shards.all()], lambda key: self.redis.hmget(key, minutes)
+        )
+        per_minute = [sum(int(part[i] or 0) for part in parts) for i in range(len(minutes))]
         per_bucket = bucket // 60
         points = [
             [start, sum(per_minute[i * per_bucket : (i + 1) * per_bucket])]
@@ -501,20 +671,40 @@ class Counter:
     async def breakdown(self, dimension: str, days: int, now: float | None = None) -> list[Entry]:
         """Clicks per value of one dimension over the last `days` UTC days, most first."""
         now = time.time() if now is None else now
-        pipe = self.redis.pipeline(transaction=False)
-        for back in range(days):
-            pipe.hgetall(self.keys.breakdown(dimension, utc_day(now - back * 86400)))
+        keys = [
+            k.breakdown(dimension, utc_day(now - back * 86400))
+            for k in self.shards.all()
+            for back in range(days)
+        ]
         totals: dict[str, int] = {}
-        for day in await pipe.execute():
+        for day in await self._each(keys, self.redis.hgetall):
             for value, clicks in day.items():
                 totals[as_text(value)] = totals.get(as_text(value), 0) + int(clicks)
         ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
         return [Entry(i + 1, value, clicks) for i, (value, clicks) in enumerate(ranked)]
 
     async def countries(self, limit: int) -> list[tuple[str, int]]:
-        """The country leaderboard (all time)."""
-        flat = await self.redis.zrevrange(self.keys.country_board, 0, limit - 1, withscores=True)
-        return [(as_text(row[0]), int(row[1])) for row in flat]
+        """The country leaderboard (all time), summed over shards."""
+        if not self.shards.sharded:
+            flat = await self.redis.zrevrange(
+                self.keys.country_board, 0, limit - 1, withscores=True
+            )
+            return [(as_text(row[0]), int(row[1])) for row in flat]
+        # A shard's board holds at most a few hundred countries: read them whole and sum.
+        parts = await self._each(
+            [k.country_board for k in self.shards.all()],
+            lambda key: self.redis.zrange(key, 0, -1, withscores=True),
+        )
+        totals: dict[str, int] = {}
+        for part in parts:
+            for code, clicks in part:
+                totals[as_text(code)] = totals.get(as_text(code), 0) + int(clicks)
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    @staticmethod
+    async def _each(keys: list[str], read: Callable[[str], Awaitable[Any]]) -> list[Any]:
+        """read(key) for every key, concurrently (on a cluster each goes to its node)."""
+        return list(await asyncio.gather(*(read(key) for key in keys)))
 
     # -- presence ----------------------------------------------------------
     async def heartbeat(self, instance_id: str, connections: int, ttl_ms: int) -> None:
@@ -532,11 +722,24 @@ class Counter:
 
     # -- bootstrap -----------------------------------------------------------
     async def mark_fresh(self) -> bool:
-        """Declare an empty Redis authoritative (nothing to restore); True if we set it."""
-        return bool(await self.redis.set(self.keys.epoch, secrets.token_hex(8), nx=True))
+        """Declare an empty Redis authoritative (nothing to restore); True if we set any.
+
+        On several shards: every shard's epoch and the hub's.
+        """
+        epochs = [k.epoch for k in self.shards.all()]
+        if self.shards.sharded:
+            epochs.append(self.keys.epoch)
+        marked = await self._each(
+            epochs, lambda key: self.redis.set(key, secrets.token_hex(8), nx=True)
+        )
+        return any(marked)
 
     async def is_restored(self) -> bool:
-        return bool(await self.redis.exists(self.keys.epoch))
+        """True when every shard (and, on several, the hub) holds the whole truth."""
+        epochs = [k.epoch for k in self.shards.all()]
+        if self.shards.sharded:
+            epochs.append(self.keys.epoch)
+        return all(await self._each(epochs, self.redis.exists))
 
     # -- worker status, for /readyz and /metrics ----------------------------
     async def snapshot_status(self) -> dict[str, str]:
@@ -548,3 +751,18 @@ class Counter:
         """Workers whose heartbeat has not expired (a sorted set: no keyspace scan)."""
         now_ms = int(time.time() * 1000)
         return int(await self.redis.zcount(self.keys.workers, now_ms, "+inf"))
+
+
+def _merge_top(tops: list[list[tuple[str, int]]], n: int) -> list[tuple[str, int]]:
+    """The first n of several (name, count) lists each ordered as ZREVRANGE orders
+    (count, then name, both descending), in that same order."""
+    merged = [row for top in tops for row in top]
+    merged.sort(key=lambda row: (row[1], row[0].encode()), reverse=True)
+    return merged[:n]
+
+
+def _power_of_ten(count: int, first: int) -> int:
+    """The highest power of ten (from `first`) that count has reached, or 0."""
+    if count < first:
+        return 0
+    return 10 ** (len(str(count)) - 1)

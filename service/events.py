@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import socketio
-from redis.exceptions import RedisError
 
 from service import metrics
 from service.admin import ADMIN_ROOM
 from service.admission import ARRIVAL_KEY
 from service.breakdown import Profile, classify, country_of
+from service.connection import REDIS_ERRORS
 from service.counter import ANONYMOUS
 from service.errors import ApiError, invalid_token, unavailable
 from service.tokens import Player
@@ -63,7 +63,7 @@ def _acknowledged(handler: Handler) -> Handler:
             return await handler(*args)
         except ApiError as exc:
             return exc.body()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             metrics.REDIS_ERRORS.labels("socket").inc()
             log.warning("Redis error in a socket event: %s", exc)
             return unavailable().body()
@@ -161,7 +161,7 @@ async def _authenticate(rt: Runtime, auth: Any) -> Player | None:
     assert player is not None
     try:
         live = await rt.counter.nonce_is_live(player)
-    except RedisError:
+    except REDIS_ERRORS:
         metrics.REDIS_ERRORS.labels("connect").inc()
         _refuse(unavailable())
     if not live:
@@ -179,7 +179,7 @@ async def _admin(rt: Runtime, auth: Any, environ: dict[str, Any]) -> str | None:
         return await rt.admins.authenticate(token if isinstance(token, str) else "", client[0])
     except ApiError as exc:
         _refuse(exc)
-    except RedisError:
+    except REDIS_ERRORS:
         metrics.REDIS_ERRORS.labels("connect").inc()
         _refuse(unavailable())
 
@@ -195,7 +195,7 @@ async def _welcome(rt: Runtime, sid: str) -> None:
             return  # the client left (or was refused) before its connection completed
         try:
             body = await rt.ticker.welcome()
-        except RedisError:
+        except REDIS_ERRORS:
             metrics.REDIS_ERRORS.labels("connect").inc()
             return  # the first tick after Redis returns brings the state
         # Nothing may run between these two: broadcasts stop skipping the client exactly

@@ -37,7 +37,7 @@ class Keys:
         return self.prefix + self.hub_tag
 
     @property
-    def hub(self) -> "Keys":
+    def hub(self) -> Keys:
         """These keys as the hub's: their shard keys become the hub slot's too."""
         return Keys(self.prefix, self.hub_tag, self.hub_tag)
 

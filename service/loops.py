@@ -6,9 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
 from service import metrics
+from service.connection import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class Loop:
                 metrics.LOOP_ERRORS.labels(self.name).inc()
                 # One line per failure; a traceback only for the first of a streak of
                 # errors we did not expect (a bug), not for an unreachable Redis.
-                expected = isinstance(exc, RedisError | OSError)
+                expected = isinstance(exc, (*REDIS_ERRORS, OSError))
                 log.warning(
                     "%s failed (%s: %s); retrying in %.1fs",
                     self.name,

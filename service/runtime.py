@@ -13,7 +13,6 @@ from typing import Any
 
 import engineio
 import socketio
-from redis.exceptions import RedisError
 
 from service import footprint, metrics
 from service.activity import Feed
@@ -22,12 +21,12 @@ from service.admission import Admission, Arrival
 from service.audit import AuditLog, Record
 from service.breakdown import Profile
 from service.bus import Bus
+from service.connection import REDIS_ERRORS
 from service.counter import ClickResult, Counter
 from service.errors import ApiError
 from service.events import player_room
 from service.fanout import Fanout
 from service.frames import FrameServer
-from service.keys import Keys
 from service.loops import Loop
 from service.presence import Presence
 from service.settings import Settings
@@ -42,7 +41,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        # The key layout (service/shards.py); `keys` are the hub's: events, feed, admins.
+        self.shards = settings.shards
+        self.keys = self.shards.hub
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         origins: Any = list(settings.allowed_origins) or None
         # Judges every client packet before the handlers see it (service/frames.py).
@@ -166,6 +167,9 @@ class Runtime:
         else:
             metrics.CLICKS.labels(transport).inc(n)
         await self.announce_milestones(player, result)
+        if self.shards.sharded:
+            # A rank across shards costs a read on every shard; GET /api/users/{name} has it.
+            return {"user": result.user, "global": result.global_count}
         return {"user": result.user, "global": result.global_count, "rank": result.rank}
 
     async def announce_milestones(self, player: Player, result: ClickResult) -> None:
@@ -188,7 +192,17 @@ class Runtime:
                 await self.bus.publish(
                     "milestone", data, room=player_room(player.canon, player.nonce)
                 )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
+            log.warning("could not announce a milestone: %s", exc)
+
+    async def announce_global_milestone(self, value: int) -> None:
+        """Tell everyone a global milestone the ticker claimed (several shards only: the
+        sum crossed it, so no single player's click did)."""
+        try:
+            data = {"scope": "global", "value": value, "username": ""}  # no one click did it
+            await self.bus.publish("milestone", data)
+            self.feed.post("milestone", value=value, username="")
+        except REDIS_ERRORS as exc:
             log.warning("could not announce a milestone: %s", exc)
 
     async def tell_admins(self, record: Record) -> None:

@@ -21,6 +21,7 @@ from service.counter import Counter, State
 CPS_WINDOW_MS = 2000
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Announce = Callable[[int], Awaitable[None]]
 
 
 class ClickRate:
@@ -62,10 +63,14 @@ def state_body(state: State, cps: float, tick: int) -> dict[str, Any]:
 class Ticker:
     """Reads the state once per tick and hands it to `emit` when it differs from the last."""
 
-    def __init__(self, counter: Counter, interval_ms: int, emit: Emit) -> None:
+    def __init__(
+        self, counter: Counter, interval_ms: int, emit: Emit, on_milestone: Announce | None = None
+    ) -> None:
         self.counter = counter
         self.interval_ms = interval_ms
         self.emit = emit
+        # On several shards, global milestones are judged here, on the summed global.
+        self.on_milestone = on_milestone
         self.rate = ClickRate()
         self.last_body: dict[str, Any] | None = None
         self.last_tick = -1
@@ -131,6 +136,8 @@ class Ticker:
         state = await self.counter.state(floor_ms=self.clock_floor_ms)
         self.clock_floor_ms = max(self.clock_floor_ms, state.clock_ms)
         self.restored = state.restored
+        if self.on_milestone and (milestone := await self.counter.claim_global_milestone(state)):
+            await self.on_milestone(milestone)
         cps = self.rate.add(state.server_ms, state.clicks_total)
         tick = self.tick_of(state.clock_ms)
         if tick <= self.last_tick:

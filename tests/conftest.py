@@ -25,6 +25,7 @@ from service.counter import Counter
 from service.keys import Keys
 from service.runtime import Runtime
 from service.settings import Settings
+from service.shards import Shards
 from tests.support import Stack, free_port
 
 REDIS_URL = os.environ.get("CLICKKY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -107,7 +108,7 @@ async def redis(redis_url: str) -> AsyncIterator[Any]:
 @pytest.fixture
 async def counter(redis: Any, keys: Keys) -> Counter:
     """A counter on this test's prefix, marked as a fresh deployment (nothing to restore)."""
-    result = Counter(redis, keys)
+    result = Counter(redis, Shards(keys.prefix))
     await result.mark_fresh()
     return result
 

@@ -18,6 +18,7 @@ from service.connection import connect_redis
 from service.counter import Counter
 from service.errors import ApiError
 from service.loops import Loop
+from service.shards import Shards
 from service.tokens import Player as TokenPlayer
 from tests.support import Player, eventually, free_port, join, make_player
 
@@ -99,7 +100,7 @@ async def test_a_click_that_waited_too_long_is_refused_without_redis(keys) -> No
     admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
     # A Redis nobody listens on: any call would fail with a connection error.
     dead = connect_redis(f"redis://127.0.0.1:{free_port()}/0")
-    counter = Counter(dead, keys, admission=admission)
+    counter = Counter(dead, Shards(keys.prefix), admission=admission)
     player = TokenPlayer(display="Nobody", canon="nobody", nonce="0" * 16)
     try:
         with pytest.raises(ApiError) as info:
@@ -112,7 +113,7 @@ async def test_a_click_that_waited_too_long_is_refused_without_redis(keys) -> No
 async def test_a_standing_queue_is_served_newest_first(counter, redis, keys) -> None:
     clock = Clock()
     admission = Admission(10.0, clock=clock, probe=LagProbe(clock=clock))
-    lifo = Counter(redis, keys, max_batch=1, admission=admission)
+    lifo = Counter(redis, Shards(keys.prefix), max_batch=1, admission=admission)
     players = [await make_player(counter, f"q{i}") for i in range(3)]
     clock.now += 1.0  # a whole interval without a short wait: congested
     assert admission.congested()
@@ -127,7 +128,7 @@ async def test_a_standing_queue_is_served_newest_first(counter, redis, keys) -> 
 async def test_queue_refusals_leave_the_counts_alone(counter, redis, keys) -> None:
     clock = Clock()
     admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
-    limited = Counter(redis, keys, admission=admission)
+    limited = Counter(redis, Shards(keys.prefix), admission=admission)
     fresh, stale = await make_player(counter, "fresh"), await make_player(counter, "stale")
     ok, refused = await asyncio.gather(
         limited.click(fresh, 2, NO_LIMIT, arrived=clock.now),

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from service.connection import connect_redis
 from service.counter import Counter, load_script
 from service.keys import Keys
+from service.shards import Shards
 from service.tokens import Player
 from tests.support import free_port
 
@@ -91,7 +92,7 @@ async def test_a_click_whose_reply_is_lost_is_not_sent_again(
     client = connect_redis(through.geturl())
     try:
         with pytest.raises(RedisConnectionError):
-            await Counter(client, keys).click(Player("Ann", "ann", "n1"), 1, 20)
+            await Counter(client, Shards(keys.prefix)).click(Player("Ann", "ann", "n1"), 1, 20)
     finally:
         await client.aclose()
     assert dropper.dropped

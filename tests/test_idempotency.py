@@ -12,6 +12,7 @@ from service.connection import connect_redis
 from service.counter import Counter
 from service.errors import ApiError
 from service.keys import Keys
+from service.shards import Shards
 from tests.support import Player, RedisServer, join, make_player
 
 NO_LIMIT = 10_000
@@ -34,7 +35,9 @@ async def test_a_repeated_id_counts_once_with_the_first_answer(
     # Another instance: a counter of its own, on a connection of its own.
     other_redis = connect_redis(redis_url)
     try:
-        again = await Counter(other_redis, keys).click(ann, 3, NO_LIMIT, click_id="b-1")
+        again = await Counter(other_redis, Shards(keys.prefix)).click(
+            ann, 3, NO_LIMIT, click_id="b-1"
+        )
     finally:
         await other_redis.aclose()
     assert (again.user, again.global_count, again.rank) == (3, 3, 1)
@@ -108,7 +111,7 @@ async def test_a_repeat_after_a_redis_crash_counts_once(tmp_path) -> None:
     keys = Keys("idem:")
     try:
         redis = connect_redis(server.url)
-        counter = Counter(redis, keys)
+        counter = Counter(redis, Shards(keys.prefix))
         await counter.mark_fresh()
         ann = await make_player(counter, "Ann")
         first = await counter.click(ann, 3, NO_LIMIT, click_id="crash-1")
@@ -117,7 +120,9 @@ async def test_a_repeat_after_a_redis_crash_counts_once(tmp_path) -> None:
         server.start()
         redis = connect_redis(server.url)
         try:
-            again = await Counter(redis, keys).click(ann, 3, NO_LIMIT, click_id="crash-1")
+            again = await Counter(redis, Shards(keys.prefix)).click(
+                ann, 3, NO_LIMIT, click_id="crash-1"
+            )
             assert again.repeated and again.user == first.user == 3
             assert int(await redis.get(keys.global_count)) == 3
         finally:

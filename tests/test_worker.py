@@ -14,6 +14,7 @@ from service.connection import connect_redis
 from service.counter import Counter, as_text
 from service.keys import Keys
 from service.settings import Settings
+from service.shards import Shards
 from tests.support import RedisServer, make_player
 from worker.main import Worker, run
 
@@ -138,7 +139,7 @@ async def test_no_restore_under_an_allkeys_eviction_policy(
         assert refused.value.code == 2
         assert "refusing to start: Redis's maxmemory-policy is allkeys-lru" in caplog.text
         worker = workers(redis_url=server.url)
-        counter = Counter(client, Keys(prefix))
+        counter = Counter(client, Shards(prefix))
         await counter.mark_fresh()
         ann = await make_player(counter, "Ann")
         await counter.click(ann, 4, 1000)

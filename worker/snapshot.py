@@ -14,6 +14,7 @@ from service.breakdown import DIMENSIONS
 from service.counter import Counter, as_text, load_script, utc_day
 from service.errors import ApiError
 from service.keys import Keys
+from service.shards import Shards
 from service.store import Cut, Store, UserRow
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Snapshotter:
         self._take_cut = load_script(redis, "take_cut")
         self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
-        self._counter = Counter(redis, keys)
+        self._counter = Counter(redis, Shards(keys.prefix))
         self._raise_generation = redis.register_script(
             "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
             "redis.call('SET', KEYS[1], ARGV[1]) end"

@@ -11,15 +11,20 @@
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
 --       milestone_personal, then per entry: its rate key and its idempotency key
--- ARGV: limit window_ms idempotency_ttl_ms, then per entry: canon display nonce n device
---       browser platform country id ('' when the batch carries no id)
+--       (milestone_global is not read when sharded: any key of the shard stands in)
+-- ARGV: limit window_ms idempotency_ttl_ms sharded others, then per entry: canon display
+--       nonce n device browser platform country id ('' when the batch carries no id)
+--       sharded is 1 when this is one of several shards (service/shards.py): then the
+--       global count is this shard's plus `others` (the other shards' sum as the caller
+--       last read it), ranks are left to readers (0) and global milestones to the ticker.
 -- Returns per entry: {'ok', user, global, rank, global_milestone, personal_milestone},
 --       {'dup', user, global, rank} (the first answer to this id), {'mismatch', first_n},
 --       {'token'}, {'rate', retry_ms} or {'limit'} (the user's count would pass 2^53 - 1);
 --       global and global_milestone are decimal strings (exact past 2^53)
-local COMMON, FIELDS, HEAD = 17, 9, 3
+local COMMON, FIELDS, HEAD = 17, 9, 5
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local idem_ttl = tonumber(ARGV[3])
+local sharded, others = ARGV[4] == '1', tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local restored = redis.call('EXISTS', KEYS[8]) == 1
@@ -161,10 +166,15 @@ local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
   for i = 1, 4 do
     tallies[i][profile[i]] = (tallies[i][profile[i]] or 0) + n
   end
-  local rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
+  local rank, shown = 0, global
+  if sharded then
+    shown = global_after(added + others)
+  else
+    rank = redis.call('ZCOUNT', KEYS[3], '(' .. user, '+inf') + 1
+  end
 
   local global_milestone, personal_milestone = 0, 0
-  if restored then
+  if restored and not sharded then
     global_milestone = reached_global(global)
     personal_milestone = reached(tonumber(user), 100)
   end
@@ -186,10 +196,10 @@ local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
     end
   end
   if id ~= '' then
-    redis.call('SET', idem_key, string.format('%d:%d:%s:%d', n, tonumber(user), global, rank),
+    redis.call('SET', idem_key, string.format('%d:%d:%s:%d', n, tonumber(user), shown, rank),
       'PX', idem_ttl)
   end
-  return {'ok', tonumber(user), global, rank, global_milestone, personal_milestone}
+  return {'ok', tonumber(user), shown, rank, global_milestone, personal_milestone}
 end
 
 local replies = {}

@@ -2,19 +2,23 @@
 -- instances can never hand the same name (ignoring case) to two players.
 --
 -- KEYS: nonces names board lex dirty epoch join_rate skeletons skeletons_version
--- ARGV: canon display nonce limit_per_minute skeleton skeletons_version
+-- ARGV: canon display nonce limit_per_minute (0: none here) skeleton skeletons_version
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return {'restoring'}
 end
 if redis.call('GET', KEYS[9]) ~= ARGV[6] then
   return {'unindexed'}
 end
-local used = redis.call('INCR', KEYS[7])
-if used == 1 then
-  redis.call('EXPIRE', KEYS[7], 60)
-end
-if used > tonumber(ARGV[4]) then
-  return {'rate', redis.call('TTL', KEYS[7])}
+-- limit 0: the caller applied the join limit itself (on a cluster the address's
+-- counter is a hub key, in another hash slot than this shard's).
+if tonumber(ARGV[4]) > 0 then
+  local used = redis.call('INCR', KEYS[7])
+  if used == 1 then
+    redis.call('EXPIRE', KEYS[7], 60)
+  end
+  if used > tonumber(ARGV[4]) then
+    return {'rate', redis.call('TTL', KEYS[7])}
+  end
 end
 -- A name that looks like a taken one (the same UTS #39 skeleton) is taken too;
 -- an entry whose owner has since been deleted no longer counts.

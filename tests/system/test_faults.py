@@ -15,6 +15,7 @@ import pytest
 from service.connection import connect_redis
 from service.counter import Counter
 from service.keys import Keys
+from service.shards import Shards
 from service.store import Store
 from service.validation import canonical
 from tests.support import Proc, RedisServer, Stack, eventually, join
@@ -155,7 +156,7 @@ async def test_worker_killed_in_the_middle_of_a_snapshot(
         stack.instance(env)
         prefix = stack.base_env["KEY_PREFIX"]
         keys = Keys(prefix)
-        counter = Counter(client, keys)
+        counter = Counter(client, Shards(keys.prefix))
         store = Store(mysql_url)
         for attempt in range(5):
             # Many changed users make the snapshot slow enough to be caught in the act.
@@ -243,7 +244,7 @@ async def test_a_paused_leader_resumes_after_the_takeover_and_writes_nothing_sta
         instance = stack.instance(env)
         workers = [stack.worker(env, name="w-a"), stack.worker(env, name="w-b")]
         keys = Keys(stack.base_env["KEY_PREFIX"])
-        counter = Counter(client, keys)
+        counter = Counter(client, Shards(keys.prefix))
         first = await eventually(lambda: leader_of(client, keys, workers), timeout=15)
         clickers = await start_clickers(instance.url, 3, "p")
         load = asyncio.gather(*(c.run(stop) for c in clickers))
