@@ -1,0 +1,347 @@
+"""Redis Cluster benchmark (issue 11): the same offered load on 1 and on 3 masters, and the
+single-Redis bar before and after the cluster work, in one run.
+
+    .venv/bin/python loadtest/cluster_bench.py                      # 1 then 3 masters, 20 s each
+    .venv/bin/python loadtest/cluster_bench.py --masters 1,3 --repeat 2 --shards 64
+    .venv/bin/python loadtest/cluster_bench.py --single --before main --repeat 2   # before/after
+
+Cluster mode (`--masters`): for each master count in turn (alternating over --repeat) it
+starts a fresh local Redis Cluster (`redis-server --cluster-enabled yes` on free ports, no
+persistence, no replicas: `redis-cli --cluster create` for 3 and more masters, CLUSTER
+ADDSLOTSRANGE for one), `--instances` real instances on
+`REDIS_URL=redis+cluster://...` with `REDIS_SHARDS=--shards`, registers `--users`, and
+runs loadtest/bench.py's load generator (the page-like players and spectators of its bar)
+for `--duration` s. Each master's `INFO cpu` (used_cpu_sys + used_cpu_user) and
+`INFO commandstats` are read at the window's start and end.
+
+Single mode (`--single`): bench.py's bar on a private single Redis, for the checkout of
+`--before` (a `git archive` of that revision: the code before the cluster work) and for
+this working tree, alternating, each on its own fresh Redis.
+
+One JSON line per configuration on stdout (medians over --repeat), every run on stderr.
+Fields besides bench.py's (see loadtest/README.md):
+
+    masters, shards               the cluster's masters and logical shards
+    shards_each, hub_on           logical shards per master (by their hash slot), and the
+                                  master holding the hub's slot
+    redis_cpu_pct_each            each master's CPU over the window, % of one core
+    redis_cpu_ms_per_click_each   each master's CPU / clicks counted in the window
+    redis_cpu_ms_per_click_sum    all masters' CPU / clicks counted
+    commands_per_click, _event    every command the masters ran (those inside scripts
+                                  included, tick reads and heartbeats too) / clicks, / events
+    capacity_clicks_per_s_est     clicks/s / the busiest master's CPU share: the rate at which
+                                  that master's thread would be full with this mix (an
+                                  extrapolation from the measured figures, not a measurement)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench
+import cluster
+import redis
+from redis.crc import key_slot
+
+SLOTS = 16384
+
+
+# -- a local Redis Cluster ---------------------------------------------------------------------
+@dataclass
+class LocalCluster:
+    """`masters` redis-servers in cluster mode on free ports, no replicas, no persistence."""
+
+    directory: Path
+    masters: int
+    ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self, timeout: float = 30) -> LocalCluster:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("the cluster benchmark needs redis-server on PATH")
+        for _ in range(self.masters):
+            port = cluster.free_port()
+            home = self.directory / f"node-{port}"
+            home.mkdir(parents=True)
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                        # The default bus port, port + 10000, may be taken or past 65535.
+                        *("--cluster-port", str(cluster.free_port())),
+                        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                        *("--cluster-require-full-coverage", "no"),
+                        *("--save", "", "--appendonly", "no", "--dir", str(home)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            self.ports.append(port)
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            self._until(deadline, lambda c: c.ping(), port)
+        if self.masters == 1:
+            # redis-cli --cluster create wants 3 masters at least; one node takes every slot.
+            with contextlib.closing(self.client(self.ports[0])) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, SLOTS - 1)
+        else:
+            subprocess.run(
+                [
+                    *("redis-cli", "--cluster", "create"),
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    *("--cluster-replicas", "0", "--cluster-yes"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        for port in self.ports:
+            self._until(deadline, lambda c: c.cluster("info")["cluster_state"] == "ok", port)
+        return self
+
+    def _until(self, deadline: float, check: Any, port: int) -> None:
+        with contextlib.closing(self.client(port)) as client:
+            while True:
+                with contextlib.suppress(redis.RedisError):
+                    if check(client):
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {port} not ready; see {self.directory}")
+                time.sleep(0.05)
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
+
+    def master_of(self, slot: int) -> int:
+        """Index (in self.ports) of the master serving `slot`."""
+        with contextlib.closing(self.client(self.ports[0])) as client:
+            for low, high, (_host, port, *_), *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if low <= slot <= high:
+                    return self.ports.index(int(port))
+        raise RuntimeError(f"slot {slot} is not served")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def local_cluster(masters: int) -> Iterator[LocalCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="clickky-cluster-bench-"))
+    nodes = LocalCluster(directory, masters)
+    try:
+        yield nodes.start()
+    finally:
+        nodes.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def read_masters(ports: list[int]) -> list[tuple[float, int]]:
+    """(CPU seconds, commands run) of each master, from INFO cpu and INFO commandstats."""
+    figures = []
+    for port in ports:
+        with contextlib.closing(redis.Redis(port=port, socket_timeout=5)) as client:
+            calls = sum(calls for calls, _ in cluster.redis_command_stats(client).values())
+            figures.append((cluster.redis_cpu_seconds(client), calls))
+    return figures
+
+
+# -- runs --------------------------------------------------------------------------------------
+def bench_args(args: argparse.Namespace) -> argparse.Namespace:
+    """bench.py's options for one run: its bar, with our duration and load."""
+    return bench.parse_args(
+        [
+            *("--users", str(args.users), "--players", str(args.players)),
+            *("--cps", str(args.cps), "--spectators", str(args.spectators)),
+            *("--duration", str(args.duration), "--warmup", str(args.warmup)),
+            *("--procs", str(args.procs), "--instances", str(args.instances)),
+        ]
+    )
+
+
+def measured(
+    options: argparse.Namespace, deployment: cluster.Cluster, run_no: int, probe: Any = None
+) -> dict[str, Any]:
+    """Start the instances, register the users, run bench.py's generator once, stop them."""
+    try:
+        deployment.start(options.instances)
+        users = asyncio.run(cluster.register(deployment.urls, options.users))
+        line = bench.run_once(options, deployment, [t for _, t in users], run_no, probe)
+        line["bar"] = bench.bar(line)
+        return line
+    finally:
+        deployment.stop()
+
+
+def cluster_run(args: argparse.Namespace, masters: int, run_no: int) -> dict[str, Any]:
+    options = bench_args(args)
+    with local_cluster(masters) as nodes:
+        deployment = cluster.Cluster(
+            # bench.py reads Redis CPU from this URL (the first master): we read them all.
+            redis_url=f"redis://127.0.0.1:{nodes.ports[0]}/0",
+            env_extra={"REDIS_URL": nodes.url, "REDIS_SHARDS": str(args.shards)},
+        )
+        try:
+            line = measured(options, deployment, run_no, lambda: read_masters(nodes.ports))
+        finally:
+            shutil.rmtree(deployment.workdir, ignore_errors=True)
+        shards_each: list[list[int]] = [[] for _ in nodes.ports]
+        for shard in range(args.shards):
+            shards_each[nodes.master_of(key_slot(f"{{s{shard}}}".encode()))].append(shard)
+        hub_on = nodes.master_of(key_slot(b"{hub}"))
+    before, after = line.pop("probe")
+    cpu = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
+    commands = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
+    clicks = line["clicks_per_s"] * args.duration
+    events = line["click_events_per_s"] * args.duration
+    busiest = max(cpu) / args.duration
+    # bench.py's redis_* figures are the first master's only: replaced by the per-master ones.
+    for key in ("redis_cpu_pct", "redis_cpu_ms_per_click", "redis_evalsha_per_s"):
+        line.pop(key, None)
+    line.pop("redis_evalsha_us", None)
+    line["redis"] = "local cluster"
+    return {
+        "masters": masters,
+        "shards": args.shards,
+        **line,
+        "shards_each": [len(s) for s in shards_each],
+        "hub_on": hub_on,
+        "redis_cpu_pct_each": [round(100 * c / args.duration, 1) for c in cpu],
+        "redis_cpu_ms_per_click_each": [
+            round(1000 * c / clicks, 4) if clicks else None for c in cpu
+        ],
+        "redis_cpu_ms_per_click_sum": round(1000 * sum(cpu) / clicks, 4) if clicks else None,
+        "commands_per_click": round(commands / clicks, 2) if clicks else None,
+        "commands_per_event": round(commands / events, 2) if events else None,
+        "capacity_clicks_per_s_est": round(line["clicks_per_s"] / busiest) if busiest else None,
+    }
+
+
+def single_run(
+    args: argparse.Namespace, variant: str, checkout: Path, run_no: int
+) -> dict[str, Any]:
+    options = bench_args(args)
+    deployment = cluster.Cluster(cwd=checkout)
+    private = cluster.PrivateRedis(deployment.workdir).start()
+    deployment.redis_url = private.url
+    try:
+        line = measured(options, deployment, run_no)
+    finally:
+        private.stop()
+        shutil.rmtree(deployment.workdir, ignore_errors=True)
+    line["redis"] = "private"
+    return {"variant": variant, "revision": describe(checkout), **line}
+
+
+def describe(checkout: Path) -> str:
+    marker = checkout / ".revision"
+    return marker.read_text().strip() if marker.exists() else bench.machine()["commit"]
+
+
+@contextlib.contextmanager
+def archived(revision: str) -> Iterator[Path]:
+    """This repository at `revision`, extracted into a temporary directory (git archive)."""
+    directory = Path(tempfile.mkdtemp(prefix="clickky-before-"))
+    try:
+        sha = subprocess.check_output(
+            ["git", "rev-parse", "--short", revision], cwd=cluster.ROOT, text=True
+        ).strip()
+        archive = subprocess.run(
+            ["git", "archive", sha], cwd=cluster.ROOT, check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+        (directory / ".revision").write_text(f"{revision} ({sha})\n")
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def medians(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """bench.py's medians, plus the per-master lists column by column."""
+    merged = bench.median_line(lines)
+    for key, value in lines[0].items():
+        if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+            merged[key] = [
+                statistics.median(column)
+                for column in zip(*(line[key] for line in lines), strict=True)
+            ]
+    merged["bar"] = bench.bar(merged)
+    return merged
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--masters", default="1,3", help="master counts to compare (default 1,3)")
+    p.add_argument("--shards", type=int, default=16, help="REDIS_SHARDS (default 16)")
+    p.add_argument(
+        "--single",
+        action="store_true",
+        help="instead: bench.py's bar on a single Redis, --before against this working tree",
+    )
+    p.add_argument("--before", default="main", help="the revision to compare with (--single)")
+    p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--players", type=int, default=250)
+    p.add_argument("--cps", type=float, default=18.0, help="clicks/s offered per player")
+    p.add_argument("--spectators", type=int, default=20)
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--repeat", type=int, default=1, help="runs per configuration (medians)")
+    p.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = bench.machine()
+    lines: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        if args.single:
+            before = stack.enter_context(archived(args.before))
+            plan = [("before", before), ("after", cluster.ROOT)]
+        else:
+            plan = [(f"{m} master(s)", int(m)) for m in args.masters.split(",") if m.strip()]
+        for run_no in range(args.repeat):
+            for name, target in plan:  # alternating, so a noisy machine hits each alike
+                if lines:
+                    time.sleep(args.pause)
+                if isinstance(target, Path):
+                    line = single_run(args, name, target, run_no)
+                else:
+                    line = cluster_run(args, target, run_no)
+                print(json.dumps({"run": run_no + 1, **line}), file=sys.stderr, flush=True)
+                lines.setdefault(name, []).append(line)
+    failed = False
+    for runs in lines.values():
+        summary = medians(runs) if len(runs) > 1 else runs[0]
+        failed = failed or summary["lost"] > 0 or summary["extra_counted"] > 0
+        print(json.dumps({"bench": "clickky-cluster", **info, **summary}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
