@@ -285,10 +285,11 @@ def medians(lines: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in lines[0].items():
         if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
             merged[key] = [
-                statistics.median(column)
+                round(statistics.median(column), 4)
                 for column in zip(*(line[key] for line in lines), strict=True)
             ]
     merged["bar"] = bench.bar(merged)
+    merged["bar_met"] = all(merged["bar"].values())
     return merged
 
 
@@ -338,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for runs in lines.values():
         summary = medians(runs) if len(runs) > 1 else runs[0]
+        summary["bar_met"] = all(summary["bar"].values())
         failed = failed or summary["lost"] > 0 or summary["extra_counted"] > 0
         print(json.dumps({"bench": "clickky-cluster", **info, **summary}), flush=True)
     return 1 if failed else 0

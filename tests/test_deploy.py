@@ -679,19 +679,25 @@ def test_k8s_manifests_fit_together() -> None:
     assert secret["stringData"]["ADMIN_TOKEN"] == "" and secret["stringData"]["SECRET_KEY"] == ""
 
 
-@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
-def test_kustomize_builds_every_manifest() -> None:
+def kustomized(directory: Path, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`kubectl kustomize directory`: exactly the documents of `sources`, valid, namespaced."""
     result = subprocess.run(
-        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     names = {(d["kind"], d["metadata"]["name"]) for d in built}
-    assert names == {(d["kind"], d["metadata"]["name"]) for d in manifests()}
+    assert names == {(d["kind"], d["metadata"]["name"]) for d in sources}
     for doc in built:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "clickky"
+    return built
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
+def test_kustomize_builds_every_manifest() -> None:
+    built = kustomized(K8S, manifests())
     images = {
         c["image"]
         for d in built
@@ -699,6 +705,88 @@ def test_kustomize_builds_every_manifest() -> None:
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"clickky:0.1.0"}
+
+
+# -- Kubernetes on a Redis Cluster (deploy/k8s-cluster, an overlay of deploy/k8s) ----------
+K8S_CLUSTER = DEPLOY / "k8s-cluster"
+
+
+def cluster_overlay() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S_CLUSTER.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def test_k8s_redis_cluster_fits_together() -> None:
+    docs = cluster_overlay()
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # The nodes' settings and the create script are the repository's, not copies that drift.
+    files = find(docs, "ConfigMap", "redis-cluster")["data"]
+    assert files == {
+        name: (REDIS_CLUSTER / name).read_text() for name in ("node.conf", "create-cluster.sh")
+    }
+
+    service = find(docs, "Service", "redis-cluster")
+    nodes = find(docs, "StatefulSet", "redis-cluster")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert nodes["spec"]["serviceName"] == service["metadata"]["name"]
+    pod = nodes["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    redis_box = pod["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in redis_box["volumeMounts"]}
+    assert redis_box["command"] == ["redis-server", f"{mounts['config']}/node.conf"]
+    assert mounts["data"] == "/data"
+    assert nodes["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    # Each pod announces the name the headless Service gives it.
+    assert redis_box["args"] == [
+        "--cluster-announce-hostname",
+        f"$(POD_NAME).{service['metadata']['name']}",
+    ]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        redis_box["env"]
+    )
+    assert {p["containerPort"] for p in redis_box["ports"]} == {6379, 16379}
+    names = [f"{nodes['metadata']['name']}-{i}.redis-cluster" for i in range(6)]
+    assert nodes["spec"]["replicas"] == len(names)
+
+    job = find(docs, "Job", "redis-cluster-create")
+    create = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in create["env"]}
+    assert env["CLUSTER_NODES"].split() == [f"{name}:6379" for name in names]
+    assert env["CLUSTER_REPLICAS"] == "1"
+    script_dir = create["volumeMounts"][0]["mountPath"]
+    assert create["command"] == ["sh", f"{script_dir}/create-cluster.sh"]
+    volumes = job["spec"]["template"]["spec"]["volumes"] + pod["spec"]["volumes"]
+    assert {v["configMap"]["name"] for v in volumes} == {"redis-cluster"}
+
+    pdb = find(docs, "PodDisruptionBudget", "redis-cluster")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    app_pods = find(manifests(), "Deployment", "clickky-app")["spec"]["template"]["metadata"]
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= app_pods["labels"].items()
+    assert not service["spec"]["selector"].items() <= app_pods["labels"].items()
+
+    # The settings patch: what the app and the worker then read.
+    config = find(docs, "ConfigMap", "clickky-config")["data"]
+    secret = find(docs, "Secret", "clickky-secrets")["stringData"]
+    assert set(config) | set(secret) <= known_settings()
+    hosts = secret["REDIS_URL"].removeprefix("redis+cluster://").split(",")
+    assert set(hosts) <= {f"{name}:6379" for name in names}
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
+def test_kustomize_builds_the_cluster_overlay() -> None:
+    built = kustomized(K8S_CLUSTER, manifests() + cluster_overlay())
+    # The base's settings, with the cluster's on top: 16 shards on a redis+cluster:// URL.
+    config = find(built, "ConfigMap", "clickky-config")["data"]
+    base = find(manifests(), "ConfigMap", "clickky-config")["data"]
+    assert config == {**base, "REDIS_SHARDS": "16"}
+    secret = find(built, "Secret", "clickky-secrets")["stringData"]
+    settings = Settings.from_environ({**config, **secret})
+    assert settings.redis_url.startswith("redis+cluster://redis-cluster-0.redis-cluster:6379,")
+    assert settings.shards == Shards("clickky:", 16)
 
 
 # -- systemd -----------------------------------------------------------------------------
