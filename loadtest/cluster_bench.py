@@ -16,7 +16,8 @@ for `--duration` s. Each master's `INFO cpu` (used_cpu_sys + used_cpu_user) and
 
 Single mode (`--single`): bench.py's bar on a private single Redis, for the checkout of
 `--before` (a `git archive` of that revision: the code before the cluster work) and for
-this working tree, alternating, each on its own fresh Redis.
+this working tree, alternating, each on its own fresh Redis (its figures below are those
+of its one "master").
 
 One JSON line per configuration on stdout (medians over --repeat), every run on stderr.
 Fields besides bench.py's (see loadtest/README.md):
@@ -196,6 +197,26 @@ def measured(
         deployment.stop()
 
 
+def master_figures(line: dict[str, Any], duration: float) -> dict[str, Any]:
+    """The per-master figures from the probe's two readings (popped from the line)."""
+    before, after = line.pop("probe")
+    cpu = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
+    commands = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
+    clicks = line["clicks_per_s"] * duration
+    events = line["click_events_per_s"] * duration
+    busiest = max(cpu) / duration
+    return {
+        "redis_cpu_pct_each": [round(100 * c / duration, 1) for c in cpu],
+        "redis_cpu_ms_per_click_each": [
+            round(1000 * c / clicks, 4) if clicks else None for c in cpu
+        ],
+        "redis_cpu_ms_per_click_sum": round(1000 * sum(cpu) / clicks, 4) if clicks else None,
+        "commands_per_click": round(commands / clicks, 2) if clicks else None,
+        "commands_per_event": round(commands / events, 2) if events else None,
+        "capacity_clicks_per_s_est": round(line["clicks_per_s"] / busiest) if busiest else None,
+    }
+
+
 def cluster_run(args: argparse.Namespace, masters: int, run_no: int) -> dict[str, Any]:
     options = bench_args(args)
     with local_cluster(masters) as nodes:
@@ -212,31 +233,19 @@ def cluster_run(args: argparse.Namespace, masters: int, run_no: int) -> dict[str
         for shard in range(args.shards):
             shards_each[nodes.master_of(key_slot(f"{{s{shard}}}".encode()))].append(shard)
         hub_on = nodes.master_of(key_slot(b"{hub}"))
-    before, after = line.pop("probe")
-    cpu = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
-    commands = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
-    clicks = line["clicks_per_s"] * args.duration
-    events = line["click_events_per_s"] * args.duration
-    busiest = max(cpu) / args.duration
     # bench.py's redis_* figures are the first master's only: replaced by the per-master ones.
     for key in ("redis_cpu_pct", "redis_cpu_ms_per_click", "redis_evalsha_per_s"):
         line.pop(key, None)
     line.pop("redis_evalsha_us", None)
     line["redis"] = "local cluster"
+    figures = master_figures(line, args.duration)
     return {
         "masters": masters,
         "shards": args.shards,
         **line,
         "shards_each": [len(s) for s in shards_each],
         "hub_on": hub_on,
-        "redis_cpu_pct_each": [round(100 * c / args.duration, 1) for c in cpu],
-        "redis_cpu_ms_per_click_each": [
-            round(1000 * c / clicks, 4) if clicks else None for c in cpu
-        ],
-        "redis_cpu_ms_per_click_sum": round(1000 * sum(cpu) / clicks, 4) if clicks else None,
-        "commands_per_click": round(commands / clicks, 2) if clicks else None,
-        "commands_per_event": round(commands / events, 2) if events else None,
-        "capacity_clicks_per_s_est": round(line["clicks_per_s"] / busiest) if busiest else None,
+        **figures,
     }
 
 
@@ -248,12 +257,13 @@ def single_run(
     private = cluster.PrivateRedis(deployment.workdir).start()
     deployment.redis_url = private.url
     try:
-        line = measured(options, deployment, run_no)
+        line = measured(options, deployment, run_no, lambda: read_masters([private.port]))
     finally:
         private.stop()
         shutil.rmtree(deployment.workdir, ignore_errors=True)
     line["redis"] = "private"
-    return {"variant": variant, "revision": describe(checkout), **line}
+    figures = master_figures(line, args.duration)
+    return {"variant": variant, "revision": describe(checkout), **line, **figures}
 
 
 def describe(checkout: Path) -> str:
@@ -284,10 +294,9 @@ def medians(lines: list[dict[str, Any]]) -> dict[str, Any]:
     merged = bench.median_line(lines)
     for key, value in lines[0].items():
         if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
-            merged[key] = [
-                round(statistics.median(column), 4)
-                for column in zip(*(line[key] for line in lines), strict=True)
-            ]
+            columns = zip(*(line[key] for line in lines), strict=True)
+            middles = [statistics.median(column) for column in columns]
+            merged[key] = [int(m) if float(m).is_integer() else round(m, 4) for m in middles]
     merged["bar"] = bench.bar(merged)
     merged["bar_met"] = all(merged["bar"].values())
     return merged
