@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.connection import connect_redis
 from service.keys import Keys
+from service.shards import Shards
 from service.store import Store
 from worker.snapshot import Snapshotter
 
@@ -78,7 +79,7 @@ async def bench(backend: str, users: int, rounds: int, redis_url: str, mysql_url
     try:
         store.migrate()
         names = await populate(redis, keys, users)
-        snapshotter = Snapshotter(redis, keys, store)
+        snapshotter = Snapshotter(redis, Shards(keys.prefix), store)
         started = time.monotonic()
         await snapshotter.snapshot(fence=1)  # the first one writes everybody
         initial_s = time.monotonic() - started

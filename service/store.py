@@ -2,6 +2,13 @@
 
 Blocking DB-API code on purpose: callers run it in a thread. A connection is
 opened per operation, so a database that restarts needs no reconnect logic.
+
+Since schema 5 the counters everyone shares (global, clicks total, minute buckets,
+breakdowns, countries) are kept per Redis shard (service/shards.py), with each shard's
+last committed cut generation; shard 0 holds what older versions stored. Readers that
+want totals sum over shards (`shard=None`). Users stay one table: a user's shard is a
+function of the name. `totals.shards` records the shard count the rows were written
+with; only `relayout` (a full restore) changes it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BATCH_ROWS = 1000
 
 
@@ -30,13 +37,34 @@ class StaleFence(Exception):
 
 
 class RedisWentBack(Exception):
-    """The cut's generation is not above the last committed one: Redis lost recent writes
-    (a failover to a lagging replica), so a snapshot of only its changes would break the
-    invariant in SQL. The caller reconciles (a full snapshot) instead."""
+    """A cut's generation is not above its shard's last committed one: that shard lost
+    recent writes (a failover to a lagging replica), so a snapshot of only its changes
+    would break the invariant in SQL. The caller reconciles those shards (a full
+    snapshot of each) instead.
 
-    def __init__(self, generation: int, stored: int) -> None:
-        super().__init__(f"cut generation {generation} is not above the stored {stored}")
-        self.generation = generation
+    `stored`: shard index -> the generation SQL holds, for every shard that went back.
+    """
+
+    def __init__(self, stored: dict[int, int], generations: dict[int, int]) -> None:
+        went = ", ".join(
+            f"shard {i}: cut {generations[i]} not above the stored {g}"
+            for i, g in sorted(stored.items())
+        )
+        super().__init__(f"cut generation went back ({went})")
+        self.stored = stored
+        self.generations = generations
+
+
+class LayoutChanged(Exception):
+    """SQL was written with another shard count: only a full restore may change it
+    (Store.relayout); a snapshot of the new layout on top would mix the two."""
+
+    def __init__(self, count: int, stored: int) -> None:
+        super().__init__(
+            f"the snapshot store holds {stored} shard(s), this worker writes {count};"
+            " only a full restore (every shard lost) may change the shard count"
+        )
+        self.count = count
         self.stored = stored
 
 
@@ -52,9 +80,10 @@ class UserRow:
 
 @dataclass
 class Cut:
-    """One consistent instant of Redis, as the snapshot job read it."""
+    """One consistent instant of one Redis shard, as the snapshot job read it."""
 
-    # None: take it as the sum of the users after this write (a cut read in chunks).
+    # None: this shard's share is whatever makes the sum over shards equal the sum of
+    # the users after this write (a cut read in chunks, not at one instant).
     global_count: int | None
     clicks_total: int
     server_ms: int
@@ -67,8 +96,10 @@ class Cut:
     tombstones: list[tuple[str, str]] = field(default_factory=list)
     # The cut's number (take_cut.lua); 0 for a cut that has none (no check).
     generation: int = 0
-    # The highest global milestone announced.
+    # The highest global milestone announced (a hub value: the same in every cut).
     milestone_global: int = 0
+    # The Redis shard this cut is of (0 on a single Redis).
+    shard: int = 0
 
     @property
     def rows(self) -> int:
@@ -82,13 +113,32 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class Share:
+    """One shard's share of the shared counters, and its last committed cut generation."""
+
+    global_count: int
+    clicks_total: int
+    generation: int
+
+
+@dataclass(frozen=True)
 class Totals:
+    """The last snapshot: sums over shards, and each shard's share."""
+
     global_count: int
     clicks_total: int
     snapshot_ms: int
     fence: int
     milestone_global: int = 0
-    generation: int = 0
+    # The shard count the snapshot was written with (1 before schema 5).
+    shard_count: int = 1
+    # Shard index -> its share; a shard never written has none.
+    shares: dict[int, Share] = field(default_factory=dict)
+
+    def generation(self, shard: int = 0) -> int:
+        """The generation SQL last committed for this shard (0: none)."""
+        share = self.shares.get(shard)
+        return share.generation if share else 0
 
 
 # Each step creates what a version adds; all are idempotent so that two
@@ -145,14 +195,50 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+_MIGRATIONS[5] = [
+    # The shared counters per Redis shard (schema 5). The old tables (totals' counts,
+    # minutes, breakdowns) are copied into shard 0 below and then left alone.
+    """CREATE TABLE IF NOT EXISTS shard_totals (
+        shard INTEGER NOT NULL PRIMARY KEY,
+        global_count BIGINT NOT NULL,
+        clicks_total BIGINT NOT NULL,
+        generation BIGINT NOT NULL
+    ){table}""",
+    """CREATE TABLE IF NOT EXISTS shard_minutes (
+        shard INTEGER NOT NULL,
+        minute BIGINT NOT NULL,
+        clicks BIGINT NOT NULL,
+        PRIMARY KEY (shard, minute)
+    ){table}""",
+    """CREATE TABLE IF NOT EXISTS shard_breakdowns (
+        shard INTEGER NOT NULL,
+        day CHAR(10) NOT NULL,
+        dimension VARCHAR(16) NOT NULL,
+        value VARCHAR(64) {bin} NOT NULL,
+        clicks BIGINT NOT NULL,
+        PRIMARY KEY (shard, day, dimension, value)
+    ){table}""",
+    # Idempotent copies (a concurrent migration copies the same rows, and is ignored),
+    # from the old tables (created here if a database somehow lacks them).
+    _MIGRATIONS[1][2],
+    _MIGRATIONS[2][0],
+    """{ignore} INTO shard_totals (shard, global_count, clicks_total, generation)
+        SELECT 0, global_count, clicks_total, generation FROM totals WHERE id = 1""",
+    """{ignore} INTO shard_minutes (shard, minute, clicks) SELECT 0, minute, clicks FROM minutes""",
+    """{ignore} INTO shard_breakdowns (shard, day, dimension, value, clicks)
+        SELECT 0, day, dimension, value, clicks FROM breakdowns""",
+]
+
 # Columns a version adds to an existing table: (table, column, definition). Added
 # only when missing, since neither SQLite nor MySQL 8 has ADD COLUMN IF NOT EXISTS.
+# A version's columns are added before its statements run.
 _COLUMNS: dict[int, list[tuple[str, str, str]]] = {
     3: [
         ("users", "milestone", "BIGINT NOT NULL DEFAULT 0"),
         ("totals", "milestone", "BIGINT NOT NULL DEFAULT 0"),
         ("totals", "generation", "BIGINT NOT NULL DEFAULT 0"),
     ],
+    5: [("totals", "shards", "BIGINT NOT NULL DEFAULT 1")],
 }
 
 
@@ -267,11 +353,16 @@ class Store:
             cursor.execute(self._sql("SELECT v FROM meta WHERE k = %s"), ("schema_version",))
             row = cursor.fetchone()
             current = int(row[0]) if row else 0
+            ignore = "INSERT IGNORE" if self.is_mysql else "INSERT OR IGNORE"
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[version]:
-                    cursor.execute(statement.format(bin=bin_collation, table=table, autoid=autoid))
                 for name, column, definition in _COLUMNS.get(version, []):
                     self._add_column(cursor, name, column, definition)
+                for statement in _MIGRATIONS[version]:
+                    cursor.execute(
+                        statement.format(
+                            bin=bin_collation, table=table, autoid=autoid, ignore=ignore
+                        )
+                    )
             if current < SCHEMA_VERSION:
                 cursor.execute(
                     self._upsert("meta", ("k", "v"), ("k",)),
@@ -322,15 +413,25 @@ class Store:
 
     # -- snapshots -----------------------------------------------------------
     def totals(self) -> Totals | None:
-        """The last snapshot's totals, or None when no snapshot was ever taken."""
+        """The last snapshot's totals (summed over shards), or None when none was taken."""
         with self.connect() as conn:
             cursor = conn.cursor()
-            cursor.execute(
-                "SELECT global_count, clicks_total, snapshot_ms, fence, milestone, generation"
-                " FROM totals WHERE id = 1"
-            )
+            cursor.execute("SELECT snapshot_ms, fence, milestone, shards FROM totals WHERE id = 1")
             row = cursor.fetchone()
-        return Totals(*(int(v) for v in row)) if row else None
+            cursor.execute("SELECT shard, global_count, clicks_total, generation FROM shard_totals")
+            shares = {int(r[0]): Share(int(r[1]), int(r[2]), int(r[3])) for r in cursor.fetchall()}
+        if row is None:
+            return None
+        snapshot_ms, fence, milestone, count = (int(v) for v in row)
+        return Totals(
+            global_count=sum(s.global_count for s in shares.values()),
+            clicks_total=sum(s.clicks_total for s in shares.values()),
+            snapshot_ms=snapshot_ms,
+            fence=fence,
+            milestone_global=milestone,
+            shard_count=count,
+            shares=shares,
+        )
 
     def claim_fence(self, writer: str) -> int:
         """A fence number no writer has had before, made the newest: every write under an
@@ -354,87 +455,196 @@ class Store:
         written = cursor.fetchone()
         return max(int(claimed[0]) if claimed else 0, int(written[0]) if written else 0)
 
-    def write_snapshot(self, cut: Cut, fence: int) -> int:
-        """Write one cut in one transaction, unless a newer fence already wrote. Returns rows."""
+    def _check_writer(self, cursor: Any, fence: int, shard_count: int | None) -> None:
+        """Raise StaleFence for an older fence, LayoutChanged for another shard count
+        (None: any count, for relayout itself)."""
+        stored = self._stored_fence(cursor)
+        if stored > fence:
+            raise StaleFence(fence, stored)
+        cursor.execute("SELECT shards FROM totals WHERE id = 1")
+        row = cursor.fetchone()
+        if shard_count is not None and row is not None and int(row[0]) != shard_count:
+            raise LayoutChanged(shard_count, int(row[0]))
+
+    def write_snapshot(self, cuts: Cut | Sequence[Cut], fence: int, *, shard_count: int = 1) -> int:
+        """Write the cuts of one snapshot (one per shard, or a subset) in one transaction.
+
+        Refused as a whole when a newer fence has written (StaleFence), when SQL holds
+        another shard count (LayoutChanged), or when a cut's generation is not above its
+        shard's last committed one (RedisWentBack, naming every such shard). Returns rows.
+        """
+        cuts = [cuts] if isinstance(cuts, Cut) else list(cuts)
         now_ms = int(time.time() * 1000)
         with self.connect() as conn:
             cursor = conn.cursor()
-            stored = self._stored_fence(cursor)
-            if stored > fence:
-                raise StaleFence(fence, stored)
-            cursor.execute("SELECT generation FROM totals WHERE id = 1")
-            row = cursor.fetchone()
-            if cut.generation and row is not None and cut.generation <= int(row[0]):
-                raise RedisWentBack(cut.generation, int(row[0]))
-            if cut.deleted:
-                self._execute_many(
-                    conn,
-                    self._sql("DELETE FROM users WHERE canon = %s"),
-                    [(canon,) for canon in cut.deleted],
-                )
-            if cut.users:
-                self._execute_many(
-                    conn,
-                    self._upsert(
-                        "users",
-                        ("canon", "username", "count", "nonce", "updated_at", "milestone"),
-                        ("canon",),
-                    ),
-                    [
-                        (u.canon, u.username, u.count, u.nonce, now_ms, u.milestone)
-                        for u in cut.users
-                    ],
-                )
-            if cut.minutes:
-                self._execute_many(
-                    conn,
-                    self._upsert("minutes", ("minute", "clicks"), ("minute",)),
-                    sorted(cut.minutes.items()),
-                )
-            if cut.tombstones:
-                self._execute_many(
-                    conn,
-                    self._upsert(
-                        "tombstones", ("canon", "nonce", "deleted_ms"), ("canon", "nonce")
-                    ),
-                    [(canon, nonce, now_ms) for canon, nonce in cut.tombstones],
-                )
-            if cut.breakdowns:
-                self._execute_many(
-                    conn,
-                    self._upsert(
-                        "breakdowns",
-                        ("day", "dimension", "value", "clicks"),
-                        ("day", "dimension", "value"),
-                    ),
-                    [(*key, clicks) for key, clicks in sorted(cut.breakdowns.items())],
-                )
-            global_count = cut.global_count
-            if global_count is None:
+            self._check_writer(cursor, fence, shard_count)
+            cursor.execute("SELECT shard, generation FROM shard_totals")
+            committed = {int(shard): int(g) for shard, g in cursor.fetchall()}
+            went_back = {
+                cut.shard: committed[cut.shard]
+                for cut in cuts
+                if cut.generation and cut.generation <= committed.get(cut.shard, 0)
+            }
+            if went_back:
+                raise RedisWentBack(went_back, {c.shard: c.generation for c in cuts})
+            for cut in cuts:
+                self._write_cut(conn, cut, now_ms)
+            # Shares read in chunks take what makes the sum equal SUM(users) (Cut.global_count).
+            unknown = [cut for cut in cuts if cut.global_count is None]
+            if unknown:
                 cursor.execute("SELECT COALESCE(SUM(count), 0) FROM users")
-                global_count = int(cursor.fetchone()[0])
-            columns = (
-                "id",
-                "global_count",
-                "clicks_total",
-                "snapshot_ms",
-                "fence",
-                "milestone",
-                "generation",
-            )
-            cursor.execute(
-                self._upsert("totals", columns, ("id",)),
-                (
-                    1,
-                    global_count,
-                    cut.clicks_total,
-                    cut.server_ms,
-                    fence,
-                    cut.milestone_global,
-                    cut.generation,
+                users = int(cursor.fetchone()[0])
+                cursor.execute("SELECT shard, global_count FROM shard_totals")
+                known = {int(shard): int(g) for shard, g in cursor.fetchall()}
+                known.update({c.shard: c.global_count for c in cuts if c.global_count is not None})
+                for cut in unknown:
+                    known[cut.shard] = 0
+                unknown[0].global_count = users - sum(known.values())
+                for cut in unknown[1:]:
+                    cut.global_count = 0
+            self._execute_many(
+                conn,
+                self._upsert(
+                    "shard_totals",
+                    ("shard", "global_count", "clicks_total", "generation"),
+                    ("shard",),
                 ),
+                [(c.shard, c.global_count, c.clicks_total, c.generation) for c in cuts],
             )
-        return cut.rows
+            self._write_totals(
+                cursor,
+                fence=fence,
+                snapshot_ms=min((c.server_ms for c in cuts), default=now_ms),
+                milestone=max((c.milestone_global for c in cuts), default=0),
+                shard_count=shard_count,
+            )
+        return sum(cut.rows for cut in cuts)
+
+    def _write_cut(self, conn: Any, cut: Cut, now_ms: int) -> None:
+        """One shard's users, tombstones and shares of the stats (not its totals row)."""
+        if cut.deleted:
+            self._execute_many(
+                conn,
+                self._sql("DELETE FROM users WHERE canon = %s"),
+                [(canon,) for canon in cut.deleted],
+            )
+        if cut.users:
+            self._execute_many(
+                conn,
+                self._upsert(
+                    "users",
+                    ("canon", "username", "count", "nonce", "updated_at", "milestone"),
+                    ("canon",),
+                ),
+                [(u.canon, u.username, u.count, u.nonce, now_ms, u.milestone) for u in cut.users],
+            )
+        if cut.minutes:
+            self._execute_many(
+                conn,
+                self._upsert("shard_minutes", ("shard", "minute", "clicks"), ("shard", "minute")),
+                [(cut.shard, minute, clicks) for minute, clicks in sorted(cut.minutes.items())],
+            )
+        if cut.tombstones:
+            self._execute_many(
+                conn,
+                self._upsert("tombstones", ("canon", "nonce", "deleted_ms"), ("canon", "nonce")),
+                [(canon, nonce, now_ms) for canon, nonce in cut.tombstones],
+            )
+        if cut.breakdowns:
+            self._execute_many(
+                conn,
+                self._upsert(
+                    "shard_breakdowns",
+                    ("shard", "day", "dimension", "value", "clicks"),
+                    ("shard", "day", "dimension", "value"),
+                ),
+                [(cut.shard, *key, clicks) for key, clicks in sorted(cut.breakdowns.items())],
+            )
+
+    def _write_totals(
+        self, cursor: Any, *, fence: int, snapshot_ms: int, milestone: int, shard_count: int
+    ) -> None:
+        """The snapshot's row: its fence and layout, and the sums over shards (which a
+        reader of a version before schema 5 reads as the totals)."""
+        cursor.execute("SELECT COALESCE(MAX(milestone), 0) FROM totals WHERE id = 1")
+        milestone = max(milestone, int(cursor.fetchone()[0]))
+        cursor.execute(
+            "SELECT COALESCE(SUM(global_count), 0), COALESCE(SUM(clicks_total), 0)"
+            " FROM shard_totals"
+        )
+        global_count, clicks_total = (int(v) for v in cursor.fetchone())
+        columns = (
+            "id",
+            "global_count",
+            "clicks_total",
+            "snapshot_ms",
+            "fence",
+            "milestone",
+            "shards",
+        )
+        # (Its `generation` column is unused since schema 5: see shard_totals.)
+        cursor.execute(
+            self._upsert("totals", columns, ("id",)),
+            (1, global_count, clicks_total, snapshot_ms, fence, milestone, shard_count),
+        )
+
+    def relayout(self, shard_count: int, fence: int) -> bool:
+        """Make SQL's shared counters those of `shard_count` shards, for a full restore.
+
+        The users need nothing (a user's shard is computed from the name). Every shared
+        counter is summed into shard 0 (readers sum over shards, so every total is
+        unchanged); every shard's generation becomes the highest any had, so no shard's
+        next cut is taken for one that went back. One transaction, fenced. Returns False
+        when SQL already has this count (nothing to do).
+        """
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            self._check_writer(cursor, fence, None)
+            cursor.execute("SELECT shards, snapshot_ms, milestone FROM totals WHERE id = 1")
+            row = cursor.fetchone()
+            if row is None or int(row[0]) == shard_count:
+                return False
+            for table, key in (
+                ("shard_minutes", ("minute",)),
+                ("shard_breakdowns", ("day", "dimension", "value")),
+            ):
+                cursor.execute(
+                    f"SELECT {', '.join(key)}, SUM(clicks) FROM {table} GROUP BY {', '.join(key)}"
+                )
+                summed = [(0, *r[:-1], int(r[-1])) for r in cursor.fetchall()]
+                cursor.execute(f"DELETE FROM {table}")
+                columns = ("shard", *key, "clicks")
+                marks = ", ".join(["%s"] * len(columns))
+                self._execute_many(
+                    conn,
+                    self._sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"),
+                    summed,
+                )
+            cursor.execute(
+                "SELECT COALESCE(SUM(global_count), 0), COALESCE(SUM(clicks_total), 0),"
+                " COALESCE(MAX(generation), 0) FROM shard_totals"
+            )
+            global_count, clicks_total, generation = (int(v) for v in cursor.fetchone())
+            cursor.execute("DELETE FROM shard_totals")
+            self._execute_many(
+                conn,
+                self._sql(
+                    "INSERT INTO shard_totals (shard, global_count, clicks_total, generation)"
+                    " VALUES (%s, %s, %s, %s)"
+                ),
+                [
+                    (i, global_count if i == 0 else 0, clicks_total if i == 0 else 0, generation)
+                    for i in range(shard_count)
+                ],
+            )
+            self._write_totals(
+                cursor,
+                fence=fence,
+                snapshot_ms=int(row[1]),
+                milestone=int(row[2]),
+                shard_count=shard_count,
+            )
+        return True
 
     # -- reads for restore, export and tests --------------------------------
     def users_after(self, canon: str, limit: int) -> list[UserRow]:
@@ -490,34 +700,52 @@ class Store:
             users, total = cursor.fetchone()
             return int(users), int(total)
 
-    def minutes_between(self, start: int, end: int) -> dict[int, int]:
-        with self.connect() as conn:
-            cursor = conn.cursor()
-            cursor.execute(
-                self._sql("SELECT minute, clicks FROM minutes WHERE minute >= %s AND minute < %s"),
-                (start, end),
-            )
-            return {int(m): int(c) for m, c in cursor.fetchall()}
+    @staticmethod
+    def _of_shard(shard: int | None) -> tuple[str, tuple[int, ...]]:
+        """The WHERE clause's tail and parameter that pick one shard's rows (None: all)."""
+        return ("", ()) if shard is None else (" AND shard = %s", (shard,))
 
-    def breakdowns_between(self, first_day: str, last_day: str) -> dict[tuple[str, str, str], int]:
+    def minutes_between(self, start: int, end: int, shard: int | None = None) -> dict[int, int]:
+        """Unix minute (s) -> clicks, for start <= minute < end: one shard's, or the sums."""
+        where, param = self._of_shard(shard)
         with self.connect() as conn:
             cursor = conn.cursor()
             cursor.execute(
                 self._sql(
-                    "SELECT day, dimension, value, clicks FROM breakdowns"
-                    " WHERE day >= %s AND day <= %s"
+                    "SELECT minute, SUM(clicks) FROM shard_minutes"
+                    f" WHERE minute >= %s AND minute < %s{where} GROUP BY minute"
                 ),
-                (first_day, last_day),
+                (start, end, *param),
             )
-            return {(str(d), str(k), str(v)): int(c) for d, k, v, c in cursor.fetchall()}
+            return {int(m): int(c) for m, c in cursor.fetchall()}
 
-    def country_totals(self) -> dict[str, int]:
-        """All-time clicks per country, for the country board."""
+    def breakdowns_between(
+        self, first_day: str, last_day: str, shard: int | None = None
+    ) -> dict[tuple[str, str, str], int]:
+        """(day, dimension, value) -> clicks for days first..last: one shard's, or the sums."""
+        where, param = self._of_shard(shard)
         with self.connect() as conn:
             cursor = conn.cursor()
             cursor.execute(
-                "SELECT value, SUM(clicks) FROM breakdowns WHERE dimension = 'country'"
-                " GROUP BY value"
+                self._sql(
+                    "SELECT day, dimension, value, SUM(clicks) FROM shard_breakdowns"
+                    f" WHERE day >= %s AND day <= %s{where} GROUP BY day, dimension, value"
+                ),
+                (first_day, last_day, *param),
+            )
+            return {(str(d), str(k), str(v)): int(c) for d, k, v, c in cursor.fetchall()}
+
+    def country_totals(self, shard: int | None = None) -> dict[str, int]:
+        """All-time clicks per country, for the country board: one shard's, or the sums."""
+        where, param = self._of_shard(shard)
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql(
+                    "SELECT value, SUM(clicks) FROM shard_breakdowns"
+                    f" WHERE dimension = 'country'{where} GROUP BY value"
+                ),
+                param,
             )
             return {str(v): int(c) for v, c in cursor.fetchall()}
 

@@ -9,9 +9,10 @@ import socketio
 
 from service.activity import Feed
 from service.keys import Keys
+from service.shards import Shards
 from tests.checks import ADMIN, ADMIN_TOKEN, assert_error, bearer
 from tests.support import Player, eventually, join, make_player
-from tests.test_restore import lose_everything
+from tests.worker_support import lose_everything
 from worker.main import Worker
 
 
@@ -123,7 +124,7 @@ async def test_the_worker_reports_lease_restore_and_failed_snapshots(
         assert (lease["kind"], lease["worker"], lease["fence"]) == ("lease", worker.worker_id, 1)
         await make_player(counter, "Ann")
         await worker.snapshot()
-        await lose_everything(redis, keys)
+        await lose_everything(redis, Shards(keys.prefix))
         assert await worker._restore() == 1
         await worker._failed(RuntimeError("disk full"))
         failed, restored = await feed.page(10)

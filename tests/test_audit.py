@@ -9,11 +9,12 @@ import pymysql
 from service.admin import hash_token, new_token
 from service.counter import Counter
 from service.keys import Keys
+from service.shards import Shards
 from service.store import Store
 from tests.checks import assert_error, bearer
 from tests.conftest import MYSQL
 from tests.support import join
-from tests.test_restore import lose_everything
+from tests.worker_support import lose_everything
 from worker.restore import Restorer
 from worker.snapshot import Snapshotter
 
@@ -78,9 +79,9 @@ async def test_two_named_admins_are_audited_and_the_log_survives_a_redis_loss(
 
         # Redis loses everything; the worker restores the counts from the snapshot.
         store = Store(server.settings.database_url)
-        await Snapshotter(redis, keys, store).snapshot(fence=1)
-        await lose_everything(redis, keys)
-        assert await Restorer(redis, keys, store).run(lambda: True) == 1
+        await Snapshotter(redis, Shards(keys.prefix), store).snapshot(fence=1)
+        await lose_everything(redis, Shards(keys.prefix))
+        assert await Restorer(redis, Shards(keys.prefix), store).run(lambda: True) == 1
         after = (await http.get("/api/admin/audit", headers=bearer(BEA))).json()
         assert actions(after) == expected
         assert (await http.get("/api/users/Ann")).json()["count"] == 7

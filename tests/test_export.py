@@ -21,23 +21,38 @@ START = 1795392000  # 2026-11-23T00:00:00Z
 def store(store_url: str) -> Store:
     result = Store(store_url)
     result.migrate()
-    users = [UserRow("ann", "Ann", "n", 7), UserRow("bo", "Bo", "m", 3)]
+    # Two shards' shares, which the export sums (schema 5 keeps them apart).
     result.write_snapshot(
-        Cut(
-            global_count=10,
-            clicks_total=10,
-            server_ms=START * 1000 + 5000,
-            users=users,
-            # Two minutes of the day, one of the day before (must not be exported).
-            minutes={START: 4, START + 3600: 6, START - 60: 99},
-            breakdowns={
-                ("2026-11-23", "device", "mobile"): 6,
-                ("2026-11-23", "device", "desktop"): 4,
-                ("2026-11-23", "country", "FR"): 10,
-                ("2026-11-22", "device", "mobile"): 99,
-            },
-        ),
+        [
+            Cut(
+                global_count=7,
+                clicks_total=7,
+                server_ms=START * 1000 + 5000,
+                users=[UserRow("ann", "Ann", "n", 7)],
+                # Two minutes of the day, one of the day before (must not be exported).
+                minutes={START: 1, START + 3600: 6, START - 60: 99},
+                breakdowns={
+                    ("2026-11-23", "device", "mobile"): 2,
+                    ("2026-11-23", "device", "desktop"): 4,
+                    ("2026-11-23", "country", "FR"): 6,
+                    ("2026-11-22", "device", "mobile"): 99,
+                },
+            ),
+            Cut(
+                global_count=3,
+                clicks_total=3,
+                server_ms=START * 1000 + 5000,
+                users=[UserRow("bo", "Bo", "m", 3)],
+                minutes={START: 3},
+                breakdowns={
+                    ("2026-11-23", "device", "mobile"): 4,
+                    ("2026-11-23", "country", "FR"): 4,
+                },
+                shard=1,
+            ),
+        ],
         fence=1,
+        shard_count=2,
     )
     audit = AuditLog(result)
     audit.insert(Record("eve", "edit", "10.0.0.9", "Ann", 1, 7, at_ms=(START - 1) * 1000))

@@ -5,8 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from service.keys import Keys
+from service.shards import Shards
+from tests import worker_support
 from worker.lease import Lease
+
+# On one shard and on several: the lease lives in the hub's keys (tests/worker_support.py).
+shards = worker_support.shards
+
+
+@pytest.fixture
+def keys(shards: Shards) -> Keys:
+    return shards.hub
 
 
 async def test_only_one_worker_holds_the_lease(redis: Any, keys: Keys) -> None:

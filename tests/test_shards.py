@@ -136,6 +136,10 @@ async def test_a_click_answer_adds_the_other_shards_as_last_read(pair) -> None:
         True,
     )
     assert (await four.state()).global_count == 20 * 3 + 2 + 4 + 1
+    # Personal milestones are the shard's own business: the click announces them.
+    await four.set_count(players[3].canon, 99)
+    crossed = await four.click(players[3], 1, NO_LIMIT)
+    assert (crossed.personal_milestone, crossed.global_milestone) == (100, 0)
 
 
 async def test_admin_answers_carry_the_summed_global(pair) -> None:

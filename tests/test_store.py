@@ -9,7 +9,16 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from service.store import SCHEMA_VERSION, Cut, RedisWentBack, StaleFence, Store, UserRow
+from service.store import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    Cut,
+    LayoutChanged,
+    RedisWentBack,
+    StaleFence,
+    Store,
+    UserRow,
+)
 
 
 @pytest.fixture
@@ -110,10 +119,72 @@ def test_a_cut_from_a_redis_that_went_back_is_refused(store: Store) -> None:
     for stale in (5, 4):
         with pytest.raises(RedisWentBack) as refused:
             store.write_snapshot(_cut([UserRow("a", "A", "n", 3)], generation=stale), fence=1)
-        assert refused.value.stored == 5
+        assert refused.value.stored == {0: 5}
     assert store.user_sum() == (1, 7), "nothing of the refused cut was written"
     store.write_snapshot(_cut([UserRow("a", "A", "n", 8)], generation=6), fence=1)
-    assert store.totals().generation == 6  # type: ignore[union-attr]
+    assert store.totals().generation(0) == 6  # type: ignore[union-attr]
+
+
+def test_each_shard_keeps_its_own_generation_and_share(store: Store) -> None:
+    cuts = [
+        _cut([UserRow("a", "A", "n", 7)], generation=5, shard=0),
+        _cut([UserRow("b", "B", "m", 2)], generation=9, shard=1, minutes={60: 2}),
+        _cut([], generation=1, shard=2, minutes={60: 5}),
+    ]
+    store.write_snapshot(cuts, fence=1, shard_count=3)
+    totals = store.totals()
+    assert totals is not None and (totals.global_count, totals.shard_count) == (9, 3)
+    assert [totals.generation(i) for i in range(3)] == [5, 9, 1]
+    assert store.minutes_between(0, 1000) == {60: 7}, "readers sum over shards"
+    assert store.minutes_between(0, 1000, shard=2) == {60: 5}
+    # Shard 1 went back (a lagging replica); shard 0 moved on: the whole write is refused,
+    # naming shard 1 only.
+    later = [
+        _cut([UserRow("a", "A", "n", 8)], generation=6, shard=0),
+        _cut([UserRow("b", "B", "m", 1)], generation=4, shard=1),
+    ]
+    with pytest.raises(RedisWentBack) as refused:
+        store.write_snapshot(later, fence=1, shard_count=3)
+    assert refused.value.stored == {1: 9}
+    assert store.user_sum() == (2, 9), "nothing of the refused write landed"
+    # A subset of shards (one restoring) may be written; the others keep their share.
+    store.write_snapshot(later[:1], fence=1, shard_count=3)
+    assert store.totals().global_count == 10  # type: ignore[union-attr]
+    assert store.user_sum() == (2, 10)
+
+
+def test_a_chunked_share_makes_the_sum_equal_the_users(store: Store) -> None:
+    store.write_snapshot(
+        [_cut([UserRow("a", "A", "n", 4)], shard=0), _cut([UserRow("b", "B", "m", 3)], shard=1)],
+        fence=1,
+        shard_count=2,
+    )
+    chunked = _cut([UserRow("b", "B", "m", 10)], shard=1)
+    chunked.global_count = None  # read in chunks: no instant's global
+    store.write_snapshot([chunked], fence=1, shard_count=2)
+    assert store.totals().global_count == store.user_sum()[1] == 14  # type: ignore[union-attr]
+
+
+def test_another_shard_count_needs_a_relayout(store: Store) -> None:
+    store.write_snapshot(
+        [
+            _cut([UserRow("a", "A", "n", 4)], shard=0, generation=3, minutes={60: 4}),
+            _cut([UserRow("b", "B", "m", 3)], shard=1, generation=7, minutes={60: 3, 120: 1}),
+        ],
+        fence=1,
+        shard_count=2,
+    )
+    with pytest.raises(LayoutChanged):
+        store.write_snapshot(_cut([UserRow("a", "A", "n", 5)]), fence=1, shard_count=4)
+    with pytest.raises(StaleFence):
+        store.relayout(4, fence=0)
+    assert store.relayout(4, fence=1) and not store.relayout(4, fence=1)
+    totals = store.totals()
+    assert totals is not None and totals.shard_count == 4 and totals.global_count == 7
+    assert [totals.generation(i) for i in range(4)] == [7, 7, 7, 7]
+    assert store.minutes_between(0, 1000, shard=0) == {60: 7, 120: 1}
+    assert store.minutes_between(0, 1000) == {60: 7, 120: 1}
+    store.write_snapshot(_cut([UserRow("a", "A", "n", 5)], generation=8), fence=1, shard_count=4)
 
 
 def test_milestone_memory_round_trips(store: Store) -> None:
@@ -144,12 +215,45 @@ def test_a_version_2_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert store.migrate() == SCHEMA_VERSION
     assert store.users_after("", 10) == [UserRow("ann", "Ann", "n1", 4, 0)]
     totals = store.totals()
-    assert totals is not None and (totals.global_count, totals.fence, totals.generation) == (
+    assert totals is not None and (totals.global_count, totals.fence, totals.generation(0)) == (
         4,
         9,
         0,
     )
     assert store.claim_fence("w") == 10
+
+
+def test_a_version_4_database_keeps_its_counters_in_shard_0(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    old = Store(f"sqlite:///{path}")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (k VARCHAR(64) NOT NULL PRIMARY KEY, v VARCHAR(255) NOT NULL)")
+    conn.commit()
+    conn.close()
+    with old.connect() as db:  # the version 4 schema, as a version 4 worker left it
+        cursor = db.cursor()
+        for version in range(1, 5):
+            for statement in _MIGRATIONS[version]:
+                cursor.execute(statement.format(bin="", table="", autoid="INTEGER PRIMARY KEY"))
+        for column in ("milestone", "generation"):
+            cursor.execute(f"ALTER TABLE totals ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0")
+        cursor.execute("ALTER TABLE users ADD COLUMN milestone BIGINT NOT NULL DEFAULT 0")
+        cursor.execute("INSERT INTO meta VALUES ('schema_version', '4')")
+        cursor.execute("INSERT INTO users VALUES ('ann', 'Ann', 6, 'n1', 0, 100)")
+        cursor.execute("INSERT INTO totals VALUES (1, 6, 9, 1000, 3, 1000, 12)")
+        cursor.execute("INSERT INTO minutes VALUES (60, 9)")
+        cursor.execute("INSERT INTO breakdowns VALUES ('2026-11-30', 'country', 'NZ', 9)")
+    store = Store(f"sqlite:///{path}")
+    assert store.migrate() == SCHEMA_VERSION == 5
+    assert Store(store.url).migrate() == 5, "again: nothing copied twice"
+    totals = store.totals()
+    assert totals is not None
+    assert (totals.global_count, totals.clicks_total, totals.milestone_global) == (6, 9, 1000)
+    assert (totals.shard_count, totals.generation(0), sorted(totals.shares)) == (1, 12, [0])
+    assert store.minutes_between(0, 1000, shard=0) == {60: 9}
+    assert store.country_totals(shard=0) == {"NZ": 9}
+    with pytest.raises(RedisWentBack):  # the generation check carries over
+        store.write_snapshot(_cut([UserRow("ann", "Ann", "n1", 7)], generation=12), fence=3)
 
 
 def test_tombstones_identify_dead_tokens(store: Store) -> None:

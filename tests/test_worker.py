@@ -11,12 +11,18 @@ from typing import Any
 import pytest
 
 from service.connection import connect_redis
-from service.counter import Counter, as_text
+from service.counter import as_text
 from service.keys import Keys
 from service.settings import Settings
 from service.shards import Shards
+from tests import worker_support
 from tests.support import RedisServer, make_player
-from worker.main import Worker, run
+from tests.worker_support import Counter, fresh
+from worker.main import Worker, check, run
+
+# Every test here runs on one shard and on several (tests/worker_support.py).
+shards = worker_support.shards
+counter = worker_support.counter
 
 
 @pytest.fixture
@@ -24,9 +30,11 @@ async def workers(make_settings: Callable[..., Settings]) -> AsyncIterator[Calla
     """Workers whose jobs the test runs by hand (no scheduler); closed at the end."""
     made: list[Worker] = []
 
-    def factory(**overrides: Any) -> Worker:
+    def factory(shards: Shards, **overrides: Any) -> Worker:
         # Lease TTL 10 s: held throughout the test, whatever the machine's load.
-        worker = Worker(make_settings(snapshot_interval_s=20, **overrides))
+        settings = make_settings(snapshot_interval_s=20, redis_shards=shards.count, **overrides)
+        assert settings.shards == shards
+        worker = Worker(settings)
         made.append(worker)
         return worker
 
@@ -37,14 +45,15 @@ async def workers(make_settings: Callable[..., Settings]) -> AsyncIterator[Calla
 
 
 async def replica_of(redis: Any, keys: Keys) -> list[tuple[str, int, bytes]]:
-    """What a replica that stops replicating now would hold: a dump of every key."""
-    found = [as_text(k) async for k in redis.scan_iter(match=keys.prefix + "*")]
+    """What a replica that stops replicating now would hold: a dump of every key under
+    `keys.root` (the deployment's, or on several shards one shard's)."""
+    found = [as_text(k) async for k in redis.scan_iter(match=keys.root + "*")]
     return [(k, max(0, await redis.pttl(k)), await redis.dump(k)) for k in found]
 
 
 async def fail_over_to(redis: Any, keys: Keys, replica: list[tuple[str, int, bytes]]) -> None:
-    """Redis now holds the replica's (older) data and nothing else."""
-    found = [k async for k in redis.scan_iter(match=keys.prefix + "*")]
+    """Redis (or one shard of it) now holds the replica's (older) data and nothing else."""
+    found = [k async for k in redis.scan_iter(match=keys.root + "*")]
     if found:
         await redis.delete(*found)
     for key, ttl, dump in replica:
@@ -61,9 +70,9 @@ async def sql_matches_redis(worker: Worker, counter: Counter) -> None:
 
 
 async def test_a_failover_to_a_lagging_replica_is_detected_and_reconciled(
-    workers: Callable[..., Worker], counter: Counter, redis: Any, keys: Keys
+    workers: Callable[..., Worker], counter: Counter, redis: Any, shards: Shards
 ) -> None:
-    worker = workers()
+    worker = workers(shards)
     ann, bob = await make_player(counter, "Ann"), await make_player(counter, "Bob")
     dan = await make_player(counter, "Dan")
     await counter.click(ann, 10, 1000)
@@ -71,7 +80,7 @@ async def test_a_failover_to_a_lagging_replica_is_detected_and_reconciled(
     await counter.click(dan, 2, 1000)
     await worker.guard()
     await worker.snapshot()
-    replica = await replica_of(redis, keys)  # the replica stops here (global 22)
+    replica = await replica_of(redis, Keys(shards.prefix))  # the replica stops here (global 22)
 
     await counter.click(ann, 7, 1000)  # only the primary sees these...
     cat = await make_player(counter, "Cat")
@@ -80,7 +89,7 @@ async def test_a_failover_to_a_lagging_replica_is_detected_and_reconciled(
     await worker.snapshot()  # ...and SQL: users 17 + 10 + 3, Dan's token dead
     assert await asyncio.to_thread(worker.store.user_sum) == (3, 30)
 
-    await fail_over_to(redis, keys, replica)
+    await fail_over_to(redis, Keys(shards.prefix), replica)
     await counter.click(bob, 1, 1000)  # only Bob is dirty on the replica
     await worker.snapshot()
     # Writing only Bob would leave SQL at sum(users) 31 against a global of 23.
@@ -95,19 +104,20 @@ async def test_a_failover_to_a_lagging_replica_is_detected_and_reconciled(
 
 
 async def test_fences_do_not_repeat_when_the_redis_counter_goes_back(
-    workers: Callable[..., Worker], counter: Counter, redis: Any, keys: Keys
+    workers: Callable[..., Worker], counter: Counter, redis: Any, shards: Shards
 ) -> None:
     ann = await make_player(counter, "Ann")
-    old, new = workers(), workers()
+    old, new = workers(shards), workers(shards)
     old.worker_id, new.worker_id = "old", "new"
     old.lease.worker_id, new.lease.worker_id = "old", "new"
     await old.guard()
     await old.snapshot()
-    replica = await replica_of(redis, keys)
+    replica = await replica_of(redis, Keys(shards.prefix))
     # The failover loses the lease and its counter: the new worker gets the same
     # lease number the old one still believes it holds.
-    await fail_over_to(redis, keys, [r for r in replica if r[0] != keys.lease])
-    await redis.delete(keys.fence)
+    hub = shards.hub
+    await fail_over_to(redis, Keys(shards.prefix), [r for r in replica if r[0] != hub.lease])
+    await redis.delete(hub.fence)
     await new.guard()
     assert new.lease.fence == old.lease.fence == 1
     await counter.click(ann, 5, 1000)
@@ -127,7 +137,7 @@ async def test_no_restore_under_an_allkeys_eviction_policy(
     workers: Callable[..., Worker],
     make_settings: Callable[..., Settings],
     tmp_path: Path,
-    prefix: str,
+    shards: Shards,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = RedisServer(tmp_path / "redis").start()
@@ -135,17 +145,18 @@ async def test_no_restore_under_an_allkeys_eviction_policy(
     try:
         await client.config_set("maxmemory-policy", "allkeys-lru")
         with pytest.raises(SystemExit) as refused:
-            await run(make_settings(redis_url=server.url))
+            await run(make_settings(redis_url=server.url, redis_shards=shards.count))
         assert refused.value.code == 2
         assert "refusing to start: Redis's maxmemory-policy is allkeys-lru" in caplog.text
-        worker = workers(redis_url=server.url)
-        counter = Counter(client, Shards(prefix))
+        worker = workers(shards, redis_url=server.url)
+        counter = Counter(client, shards)
         await counter.mark_fresh()
         ann = await make_player(counter, "Ann")
         await counter.click(ann, 4, 1000)
         await worker.guard()
         await worker.snapshot()
-        await client.delete(Keys(prefix).epoch)  # evicted, or lost: the worker cannot tell
+        # Evicted, or lost: the worker cannot tell.
+        await client.delete(shards.keys_of("ann").epoch)
         assert await worker._restore() is None
         assert not (await counter.state()).restored, "no restore on top of live counts"
         assert (await counter.users(["ann"]))[0].count == 4
@@ -157,3 +168,51 @@ async def test_no_restore_under_an_allkeys_eviction_policy(
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_one_shard_going_back_in_time_is_reconciled_alone(
+    workers: Callable[..., Worker], redis: Any, prefix: str
+) -> None:
+    four = Shards(prefix, 4)
+    counter = await fresh(redis, four)
+    worker = workers(four)
+    players = [await make_player(counter, f"G{i:02}") for i in range(24)]
+    for p in players:
+        await counter.click(p, 5, 1000)
+    await worker.guard()
+    await worker.snapshot()
+    back = four.of(players[0].canon)
+    replica = await replica_of(redis, four.shard(back))  # that shard's replica stops here
+    for p in players:
+        await counter.click(p, 2, 1000)  # all shards, and SQL, see these
+    await worker.snapshot()
+    await fail_over_to(redis, four.shard(back), replica)  # only that shard fails over
+    marked: list[int] = []
+    reconcile = worker.snapshotter.reconcile
+
+    async def spy(stored: dict[int, int]) -> int:
+        marked.extend(stored)
+        return await reconcile(stored)
+
+    worker.snapshotter.reconcile = spy  # type: ignore[method-assign]
+    await counter.click(players[0], 1, 1000)
+    await worker.snapshot()
+    assert marked == [back], "only the shard that went back is reconciled"
+    await sql_matches_redis(worker, counter)
+    found = {e.username.lower(): e.count for e in await counter.users([p.canon for p in players])}
+    assert found == {
+        p.canon: (5 if four.of(p.canon) == back else 7) + (p is players[0]) for p in players
+    }
+
+
+async def test_the_healthcheck_reads_the_hubs_live_workers(
+    workers: Callable[..., Worker], shards: Shards, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker = workers(shards)
+    assert await check(worker.settings) == 1, "no worker has reported yet"
+    await worker.guard()
+    assert await check(worker.settings) == 0
+    assert capsys.readouterr().out.strip() == "healthy"
+    worker.scheduler.start(paused=True)
+    await worker.close()
+    assert await check(worker.settings) == 1, "a stopped worker leaves no health behind"

@@ -4,14 +4,17 @@ Under an `allkeys-*` policy Redis may evict any key when it runs out of memory,
 the epoch key included: that looks exactly like a data loss, and a restore would
 then add the snapshot on top of live counts (and evicted user keys lose counts
 silently anyway). `noeviction` (Redis's default) or a `volatile-*` policy (only
-keys with a TTL, and the data keys have none) is safe.
+keys with a TTL, and the data keys have none) is safe. On a Redis Cluster every
+primary must be safe.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from service.counter import as_text
@@ -22,16 +25,29 @@ UNSAFE_PREFIX = "allkeys-"
 
 
 async def eviction_policy(redis: Redis) -> str | None:
-    """Redis's maxmemory-policy, or None when CONFIG is not allowed (some managed Redis)."""
+    """Redis's maxmemory-policy, or None when CONFIG is not allowed (some managed Redis).
+
+    On a Redis Cluster every primary is asked (each holds some shards' epoch keys):
+    the first unsafe policy found, else the first primary's.
+    """
     try:
-        reply = await redis.config_get("maxmemory-policy")
+        if isinstance(redis, RedisCluster):
+            reply = await redis.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            reply = await redis.config_get("maxmemory-policy")
     except ResponseError as exc:
         log.warning("cannot read Redis's maxmemory-policy (%s); make sure it is noeviction", exc)
         return None
-    for name, value in reply.items():
-        if as_text(name) == "maxmemory-policy":
-            return as_text(value)
-    return None
+    # One node: {name: value}; several: {node: {name: value}}.
+    found: dict[Any, Any] = dict(reply)
+    replies = [r for r in found.values() if isinstance(r, dict)] or [found]
+    policies = [
+        as_text(value)
+        for one in replies
+        for name, value in one.items()
+        if as_text(name) == "maxmemory-policy"
+    ]
+    return next((p for p in policies if unsafe(p)), policies[0] if policies else None)
 
 
 def unsafe(policy: str | None) -> bool:

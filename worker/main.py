@@ -22,10 +22,11 @@ from redis.exceptions import RedisError
 
 from service.activity import Feed
 from service.connection import connect_redis
-from service.keys import Keys
+from service.counter import as_text
 from service.logs import configure_logging
 from service.settings import Settings
-from service.store import RedisWentBack, StaleFence, Store
+from service.shards import LayoutMismatch
+from service.store import LayoutChanged, RedisWentBack, StaleFence, Store
 from worker.eviction import eviction_policy, refusal, unsafe
 from worker.export import ExportError, export_day, yesterday
 from worker.lease import Lease
@@ -48,20 +49,27 @@ def lease_ttl_s(interval_s: float) -> float:
 
 
 class Worker:
-    """Runs the jobs on an APScheduler; only the lease holder writes to SQL."""
+    """Runs the jobs on an APScheduler; only the lease holder writes to SQL.
+
+    The lease, health and snapshot status are hub keys (service/shards.py); the
+    snapshot and the restore work on every shard.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.shards = settings.shards
+        self.keys = self.shards.hub
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}"
-        self.redis = connect_redis(settings.redis_url, max_connections=8)
+        # A snapshot or a restore calls every shard at once; on a cluster the pool is per
+        # node and refuses (not waits) past its size, and all shards may sit on one node.
+        self.redis = connect_redis(settings.redis_url, max_connections=8 + self.shards.count)
         self.store = Store(settings.database_url)
         ttl = lease_ttl_s(settings.snapshot_interval_s)
         self.lease = Lease(self.redis, self.keys, self.worker_id, ttl)
         self.guard_interval_s = ttl / 4
-        self.snapshotter = Snapshotter(self.redis, self.keys, self.store)
-        self.restorer = Restorer(self.redis, self.keys, self.store)
+        self.snapshotter = Snapshotter(self.redis, self.shards, self.store)
+        self.restorer = Restorer(self.redis, self.shards, self.store)
         # The admins' live feed: lease takeovers, restores and failed snapshots.
         self.feed = Feed(self.redis, self.keys, self.worker_id)
         self.scheduler = AsyncIOScheduler(
@@ -152,11 +160,16 @@ class Worker:
                 if unsafe(policy):
                     log.error("not restoring: %s", refusal(policy or ""))
                     return None
-                await self._fence()
-                restored = await self.restorer.run(lambda: self.lease.held)
+                fence = await self._fence()
+                if fence is None:
+                    return None
+                restored = await self.restorer.run(lambda: self.lease.held, fence)
                 if restored is not None:
                     await self.feed.add("restore", users=restored, worker=self.worker_id)
                 return restored
+        except StaleFence as exc:  # a newer leader claimed a fence (a shard-count change)
+            await self._stand_down(exc)
+            return None
         except OUTSIDE_ERRORS as exc:
             log.warning("restore attempt failed (%s); retrying on the next check", exc)
             return None
@@ -178,7 +191,7 @@ class Worker:
                 except RedisWentBack as exc:
                     log.error(
                         "Redis went back in time (%s): a failover to a lagging replica? "
-                        "Reconciling: the SQL store now takes what Redis holds, in full",
+                        "Reconciling: the SQL store now takes what those shards hold, in full",
                         exc,
                     )
                     marked = await self.snapshotter.reconcile(exc.stored)
@@ -187,7 +200,7 @@ class Worker:
             except StaleFence as exc:
                 await self._stand_down(exc)
                 return
-            except OUTSIDE_ERRORS as exc:
+            except (*OUTSIDE_ERRORS, LayoutChanged) as exc:
                 await self._failed(exc)
                 return
             if report is None:
@@ -305,6 +318,14 @@ async def run(settings: Settings) -> None:
         log.error("refusing to start: %s", refusal(policy or ""))
         await worker.redis.aclose()
         sys.exit(2)
+    try:
+        await worker.shards.check_layout(worker.redis)
+    except LayoutMismatch as exc:
+        log.error("refusing to start: %s", exc)
+        await worker.redis.aclose()
+        sys.exit(2)
+    except RedisError:
+        pass  # Redis is down: the instances check the layout before they serve
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -317,12 +338,18 @@ async def run(settings: Settings) -> None:
 
 
 async def check(settings: Settings) -> int:
-    """Exit status for a deploy healthcheck: 0 if a worker on this host reported recently."""
-    keys = Keys(settings.key_prefix)
+    """Exit status for a deploy healthcheck: 0 if a worker on this host reported recently.
+
+    Reads the hub's sorted set of live workers (no keyspace scan: on a cluster every key
+    read is in the hub's slot), then each candidate's health key.
+    """
+    keys = settings.shards.hub
     redis = connect_redis(settings.redis_url, max_connections=2)
+    mine = socket.gethostname() + ":"
     try:
-        pattern = keys.worker_health(socket.gethostname()) + ":*"
-        found = [key async for key in redis.scan_iter(match=pattern)]
+        alive = await redis.zrangebyscore(keys.workers, int(time.time() * 1000), "+inf")
+        ours = [as_text(w) for w in alive if as_text(w).startswith(mine)]
+        found = [w for w in ours if await redis.exists(keys.worker_health(w))]
     except RedisError as exc:
         print(f"unhealthy: Redis unreachable ({exc})", file=sys.stderr)
         return 1

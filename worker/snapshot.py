@@ -1,4 +1,5 @@
-"""The snapshot job: one consistent cut of Redis into the SQL store, only what changed."""
+"""The snapshot job: one consistent cut of each Redis shard into the SQL store, only what
+changed, all shards in one transaction."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.breakdown import DIMENSIONS
 from service.counter import Counter, as_text, load_script, utc_day
@@ -40,33 +43,45 @@ class Report:
 
 
 class Snapshotter:
-    """Reads the changes since the last snapshot at one instant and writes them in one commit."""
+    """Reads every shard's changes since the last snapshot and writes them in one commit.
+
+    Each shard's cut is one instant of that shard (take_cut.lua); the cuts are taken
+    together (concurrently: on a cluster each goes to its own primary) and committed in
+    one SQL transaction, so global == sum(users) holds in SQL per shard and in sum.
+    """
 
     def __init__(
-        self, redis: Redis, keys: Keys, store: Store, *, max_inline_users: int = MAX_INLINE_USERS
+        self,
+        redis: Redis,
+        shards: Shards,
+        store: Store,
+        *,
+        max_inline_users: int = MAX_INLINE_USERS,
     ) -> None:
         self.redis = redis
-        self.keys = keys
+        self.shards = shards
         self.store = store
         self._take_cut = load_script(redis, "take_cut")
         self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
-        self._counter = Counter(redis, Shards(keys.prefix))
         self._raise_generation = redis.register_script(
             "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
             "redis.call('SET', KEYS[1], ARGV[1]) end"
         )
         self.max_inline_users = max_inline_users
         # The first snapshot of this process re-reads the whole stats history;
-        # later ones only the minutes since the previous cut.
+        # later ones only the minutes since the previous complete one.
         self._since_ms: int | None = None
-        # Counters as last written, so an idle minute or value is not rewritten every time.
-        self._written_minutes: dict[int, int] = {}
-        self._written_breakdowns: dict[tuple[str, str, str], int] = {}
+        # Counters as last written, keyed by shard first, so an idle minute or value is
+        # not rewritten every time.
+        self._written_minutes: dict[tuple[int, int], int] = {}
+        self._written_breakdowns: dict[tuple[int, str, str, str], int] = {}
 
-    async def read_cut(self) -> Cut | None:
-        """The cut, or None while a restore is pending (Redis is not the truth yet)."""
-        k = self.keys
+    async def read_cuts(self) -> list[Cut]:
+        """Every shard's cut, taken concurrently, in shard order. A shard whose restore is
+        pending (it is not the truth yet) or that Redis cannot reach is left out, so the
+        list may be short or empty; raises Redis's error when no cut could be read and
+        some shard could not be reached."""
         now = int(time.time())
         since_ms = self._since_ms
         since = since_ms // 1000 if since_ms else now - HISTORY_S
@@ -75,6 +90,35 @@ class Snapshotter:
         # Every UTC day the window touches, for the breakdown counters.
         days = sorted({utc_day(t) for t in range(since - 60, now + 61, 3600)} | {utc_day(now)})
         wanted = [(day, dimension) for day in days for dimension in DIMENSIONS]
+        found = await asyncio.gather(
+            *(self._read_cut(shard, first, last, wanted) for shard in range(self.shards.count)),
+            return_exceptions=True,
+        )
+        # A shard Redis cannot reach now (its primary is down) is left out, so the other
+        # shards' changes still reach SQL; its changes wait in its in-flight set.
+        unreachable = [i for i, cut in enumerate(found) if isinstance(cut, RedisError)]
+        for outcome in found:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, RedisError):
+                raise outcome
+        cuts = [cut for cut in found if isinstance(cut, Cut)]
+        if unreachable and not cuts:
+            raise cast(RedisError, found[unreachable[0]])
+        if unreachable:
+            log.warning(
+                "shards left out of this snapshot: %s",
+                ", ".join(f"{i} ({found[i]})" for i in unreachable),
+            )
+        # The hub's memory of announced global milestones only grows: read after the cuts.
+        milestone = int(await self.redis.get(self.shards.hub.milestone_global) or 0)
+        for cut in cuts:
+            cut.milestone_global = milestone
+        return cuts
+
+    async def _read_cut(
+        self, shard: int, first: int, last: int, wanted: list[tuple[str, str]]
+    ) -> Cut | None:
+        """One shard's cut (take_cut.lua), or None while its restore is pending."""
+        k = self.shards.shard(shard)
         reply = await self._take_cut(
             keys=[
                 k.epoch,
@@ -90,7 +134,6 @@ class Snapshotter:
                 k.tombstones_inflight,
                 k.generation,
                 k.inflight_owner,
-                k.milestone_global,
                 k.milestone_personal,
                 *(k.breakdown(dimension, day) for day, dimension in wanted),
             ],
@@ -117,10 +160,13 @@ class Snapshotter:
         global_count: int | None = int(reply[1])
         if outcome == "large":
             # Too many changes to read at one instant without blocking Redis: read them
-            # in chunks, and let the store take the global count as the sum of its users,
-            # so the invariant still holds in SQL (though not as of a single instant).
-            log.warning("large snapshot: reading the changed users in chunks")
-            users, deleted = await self._read_users_in_chunks()
+            # in chunks, and let the store take this shard's global count as what makes
+            # the sum equal the sum of the users, so the invariant still holds in SQL
+            # (though not as of a single instant).
+            log.warning(
+                "large snapshot: reading the changed users in chunks", extra={"shard": shard}
+            )
+            users, deleted = await self._read_users_in_chunks(k)
             global_count = None
         return Cut(
             global_count=global_count,
@@ -139,11 +185,10 @@ class Snapshotter:
             ],
             breakdowns=breakdowns,
             generation=int(reply[9]),
-            milestone_global=int(reply[10]),
+            shard=shard,
         )
 
-    async def _read_users_in_chunks(self) -> tuple[list[UserRow], list[str]]:
-        k = self.keys
+    async def _read_users_in_chunks(self, k: Keys) -> tuple[list[UserRow], list[str]]:
         users: list[UserRow] = []
         deleted: list[str] = []
         batch: list[str] = []
@@ -172,115 +217,150 @@ class Snapshotter:
         return users, deleted
 
     async def snapshot(self, fence: int) -> Report | None:
-        """Take one snapshot under this fence; None when a restore is pending."""
+        """Take one snapshot under this fence; None when every shard's restore is pending.
+
+        Raises what Store.write_snapshot raises (StaleFence, LayoutChanged, RedisWentBack)
+        and Redis's or the database's errors; the cuts then stay in flight for the next.
+        """
         started = time.monotonic()
-        cut = await self.read_cut()
-        if cut is None:
+        cuts = await self.read_cuts()
+        if not cuts:
             return None
-        cut.minutes = {
-            minute: clicks
-            for minute, clicks in cut.minutes.items()
-            if self._written_minutes.get(minute) != clicks
-        }
-        cut.breakdowns = {
-            key: clicks
-            for key, clicks in cut.breakdowns.items()
-            if self._written_breakdowns.get(key) != clicks
-        }
-        rows = await asyncio.to_thread(self.store.write_snapshot, cut, fence)
-        self._written_minutes.update(cut.minutes)
-        self._written_breakdowns.update(cut.breakdowns)
-        today = utc_day(cut.server_ms / 1000)
+        for cut in cuts:
+            i = cut.shard
+            cut.minutes = {
+                minute: clicks
+                for minute, clicks in cut.minutes.items()
+                if self._written_minutes.get((i, minute)) != clicks
+            }
+            cut.breakdowns = {
+                key: clicks
+                for key, clicks in cut.breakdowns.items()
+                if self._written_breakdowns.get((i, *key)) != clicks
+            }
+        rows = await asyncio.to_thread(
+            self.store.write_snapshot, cuts, fence, shard_count=self.shards.count
+        )
+        server_ms = min(cut.server_ms for cut in cuts)
+        for cut in cuts:
+            self._written_minutes.update(((cut.shard, m), c) for m, c in cut.minutes.items())
+            self._written_breakdowns.update(
+                ((cut.shard, *key), c) for key, c in cut.breakdowns.items()
+            )
+        today = utc_day(server_ms / 1000)
         self._written_breakdowns = {
-            key: c for key, c in self._written_breakdowns.items() if key[0] >= today
+            key: c for key, c in self._written_breakdowns.items() if key[1] >= today
         }
-        horizon = cut.server_ms // 1000 - 3600
-        self._written_minutes = {m: c for m, c in self._written_minutes.items() if m >= horizon}
+        horizon = server_ms // 1000 - 3600
+        self._written_minutes = {
+            key: c for key, c in self._written_minutes.items() if key[1] >= horizon
+        }
         # Only now are the in-flight changes safely in SQL; unless a later cut (a
         # successor's, while we were paused) took them over and has yet to commit.
-        k = self.keys
+        await asyncio.gather(*(self._drop(cut) for cut in cuts))
+        if len(cuts) == self.shards.count:
+            # A shard left out (restoring, unreachable) has minutes to re-read from the
+            # older point.
+            self._since_ms = server_ms
+        return Report(
+            rows=rows,
+            users=sum(len(cut.users) for cut in cuts),
+            deleted=sum(len(cut.deleted) for cut in cuts),
+            duration_s=time.monotonic() - started,
+            lag_ms=max(0, int(time.time() * 1000) - server_ms),
+            server_ms=server_ms,
+        )
+
+    async def _drop(self, cut: Cut) -> None:
+        k = self.shards.shard(cut.shard)
         await self._drop_cut(
             keys=[k.inflight_owner, k.dirty_inflight, k.tombstones_inflight],
             args=[cut.generation],
         )
-        self._since_ms = cut.server_ms
-        return Report(
-            rows=rows,
-            users=len(cut.users),
-            deleted=len(cut.deleted),
-            duration_s=time.monotonic() - started,
-            lag_ms=max(0, int(time.time() * 1000) - cut.server_ms),
-            server_ms=cut.server_ms,
-        )
 
-    async def reconcile(self, stored_generation: int) -> int:
-        """Prepare a full snapshot after Redis went back in time (a lagging replica).
+    async def reconcile(self, stored: dict[int, int]) -> int:
+        """Prepare a full snapshot of the shards that went back in time (a lagging replica).
 
-        SQL then holds changes this Redis never saw, so writing only what changed would
-        break global == sum(users) there. Every name Redis has and every user SQL has is
-        marked changed (SQL users Redis lacks are then deleted), the whole stats history
-        is re-read, and the generation moves past SQL's. Users whose deletion SQL had
-        recorded (their token's tombstone) are deleted again. Otherwise Redis is the
-        truth from here on: what the replica missed is lost, as it already is for the
-        players. Returns the number of names marked.
+        `stored`: shard -> the generation SQL last committed for it (RedisWentBack.stored).
+        SQL then holds changes those shards never saw, so writing only what changed would
+        break global == sum(users) there. Every name such a shard has and every SQL user
+        whose shard it is are marked changed (SQL users the shard lacks are then
+        deleted), the whole stats history is re-read, and the shard's generation moves
+        past SQL's. Users whose deletion SQL had recorded (their token's tombstone) are
+        deleted again. Otherwise the shard is the truth from here on: what the replica
+        missed is lost, as it already is for the players. Returns the number of names
+        marked.
         """
-        k = self.keys
         marked = 0
-        batch: list[str] = []
+        batches: dict[int, list[str]] = {shard: [] for shard in stored}
 
-        async def mark(force: bool = False) -> None:
-            nonlocal batch, marked
+        async def mark(shard: int, force: bool = False) -> None:
+            nonlocal marked
+            batch = batches[shard]
             if batch and (force or len(batch) >= CHUNK_USERS):
-                await self.redis.sadd(k.dirty, *batch)
+                await self.redis.sadd(self.shards.shard(shard).dirty, *batch)
                 marked += len(batch)
-                batch = []
+                batches[shard] = []
 
-        live: dict[str, str] = {}
-        async for canon, nonce in self.redis.hscan_iter(k.nonces, count=CHUNK_USERS):
-            live[as_text(canon)] = as_text(nonce)
-            batch.append(as_text(canon))
-            if len(live) >= CHUNK_USERS:
-                await self._delete_dead(live)
-            await mark()
-        await self._delete_dead(live)
+        for shard in stored:
+            k = self.shards.shard(shard)
+            live: dict[str, str] = {}
+            async for canon, nonce in self.redis.hscan_iter(k.nonces, count=CHUNK_USERS):
+                live[as_text(canon)] = as_text(nonce)
+                batches[shard].append(as_text(canon))
+                if len(live) >= CHUNK_USERS:
+                    await self._delete_dead(shard, live)
+                await mark(shard)
+            await self._delete_dead(shard, live)
         cursor = ""
         while rows := await asyncio.to_thread(self.store.users_after, cursor, CHUNK_USERS):
-            batch += [row.canon for row in rows]
+            for row in rows:
+                shard = self.shards.of(row.canon)
+                if shard in batches:
+                    batches[shard].append(row.canon)
             cursor = rows[-1].canon
-            await mark()
-        await mark(force=True)
-        await self._raise_generation(keys=[k.generation], args=[stored_generation])
+            for shard in stored:
+                await mark(shard)
+        for shard, generation in stored.items():
+            await mark(shard, force=True)
+            await self._raise_generation(
+                keys=[self.shards.shard(shard).generation], args=[generation]
+            )
         self._since_ms = None
         self._written_minutes.clear()
         self._written_breakdowns.clear()
         return marked
 
-    async def _delete_dead(self, live: dict[str, str]) -> None:
-        """Delete the users among `live` (name -> nonce) whose token SQL knows is dead."""
+    async def _delete_dead(self, shard: int, live: dict[str, str]) -> None:
+        """Delete the users among `live` (name -> nonce, of one shard) whose token SQL
+        knows is dead."""
         tombstones = await asyncio.to_thread(self.store.tombstones_of, sorted(live))
+        counter = Counter(self.redis, self.shards)
         for canon, nonce in sorted(tombstones):
             if live.get(canon) == nonce:
                 with contextlib.suppress(ApiError):  # gone or re-joined meanwhile
-                    await self._counter.delete(canon, nonce)
+                    await counter.delete(canon, nonce)
                 log.warning("deleted again: its deletion was in SQL", extra={"user": canon})
         live.clear()
 
     async def prune(self) -> int:
-        """Drop minute buckets and breakdown days older than Redis keeps (SQL keeps all)."""
+        """Drop minute buckets and breakdown days older than Redis keeps (SQL keeps all),
+        in every shard."""
         horizon = int(time.time()) - HISTORY_S
-        old = [
-            field
-            async for field, _ in self.redis.hscan_iter(self.keys.minutes)
-            if int(field) < horizon
-        ]
-        if old:
-            await self.redis.hdel(self.keys.minutes, *old)
         oldest_day = utc_day(horizon)
-        stale = [
-            key
-            async for key in self.redis.scan_iter(match=self.keys.breakdown_pattern)
-            if as_text(key).rsplit(":", 1)[-1] < oldest_day
-        ]
-        if stale:
-            await self.redis.delete(*stale)
-        return len(old) + len(stale)
+        dropped = 0
+        for k in self.shards.all():
+            old = [
+                field async for field, _ in self.redis.hscan_iter(k.minutes) if int(field) < horizon
+            ]
+            if old:
+                await self.redis.hdel(k.minutes, *old)
+            stale = [
+                key
+                async for key in self.redis.scan_iter(match=k.breakdown_pattern)
+                if as_text(key).rsplit(":", 1)[-1] < oldest_day
+            ]
+            if stale:  # one shard's keys: one hash slot, so one DEL
+                await self.redis.delete(*stale)
+            dropped += len(old) + len(stale)
+        return dropped

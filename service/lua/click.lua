@@ -174,8 +174,10 @@ local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
   end
 
   local global_milestone, personal_milestone = 0, 0
-  if restored and not sharded then
-    global_milestone = reached_global(global)
+  if restored then
+    if not sharded then
+      global_milestone = reached_global(global)
+    end
     personal_milestone = reached(tonumber(user), 100)
   end
   if global_milestone ~= 0 then

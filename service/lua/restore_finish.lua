@@ -7,14 +7,16 @@
 -- checked, with the nonce checked, leave the provisional set, and the restore
 -- finishes only once the set is empty; otherwise the caller checks the newcomers.
 --
+-- One shard's keys (one hash slot on a Redis Cluster); the hub's part of a restore
+-- (the global milestone memory, the secret) is restore_hub.lua.
+--
 -- KEYS: restore nonces names board global lex provisional epoch dirty generation
---       milestone_global
--- ARGV: epoch_value generation milestone_global, then canon nonce dead(0|1) triples
+-- ARGV: epoch_value generation, then canon nonce dead(0|1) triples
 -- Returns 1 finished, 0 another restorer finished first, 2 names left to check.
 if redis.call('EXISTS', KEYS[8]) == 1 then
   return 0
 end
-for i = 4, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local canon, nonce, dead = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local current = redis.call('HGET', KEYS[2], canon)
   if current == nonce or not current then
@@ -35,12 +37,9 @@ if redis.call('SCARD', KEYS[7]) > 0 then
   return 2
 end
 redis.call('DEL', KEYS[1])
--- The next cut's generation follows the last committed one, and the global
--- milestone memory is the larger of SQL's and (none, before now) Redis's.
-for i, key in ipairs({KEYS[10], KEYS[11]}) do
-  if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[i + 1]) then
-    redis.call('SET', key, ARGV[i + 1])
-  end
+-- The next cut's generation follows the shard's last committed one.
+if tonumber(redis.call('GET', KEYS[10]) or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[10], ARGV[2])
 end
 redis.call('SET', KEYS[8], ARGV[1], 'NX')
 return 1

@@ -3,6 +3,7 @@
 -- whatever was counted since Redis came back. The "totals" flag makes the
 -- step happen once even if retried.
 --
+-- One shard's keys (one hash slot on a Redis Cluster).
 -- KEYS: epoch restore clicks_total minutes countries, then one breakdown hash per entry
 --       of ARGV[2].hashes
 -- ARGV: clicks_total, json {"minutes": [[minute, clicks]], "countries": [[code, clicks]],

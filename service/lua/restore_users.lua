@@ -5,6 +5,7 @@
 -- The memory of announced milestones comes back too (nothing is announced
 -- before the restore finishes), so no milestone is announced twice.
 --
+-- One shard's keys (one hash slot on a Redis Cluster).
 -- KEYS: restore nonces names board global lex provisional epoch milestone_personal
 -- ARGV: expected_cursor new_cursor, then canon display nonce count milestone quints
 -- Returns 1 applied, 0 the cursor moved (another restorer), -1 the restore is over.

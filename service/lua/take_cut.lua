@@ -6,13 +6,17 @@
 -- its own: only its commit may empty them (drop_cut.lua), and SQL refuses a
 -- generation that is not above the last one it committed.
 --
+-- One shard's keys only (one hash slot on a Redis Cluster); the snapshot job takes
+-- every shard's cut and commits them together. The hub's global milestone is read
+-- apart from the cuts (it only grows, so a later read is as good).
+--
 -- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
---       tombstones tombstones_inflight generation inflight_owner milestone_global
---       milestone_personal, then the breakdown hashes of the days wanted
+--       tombstones tombstones_inflight generation inflight_owner milestone_personal,
+--       then the breakdown hashes of the days wanted
 -- ARGV: first_minute last_minute max_users
 -- With more than max_users changed names, reading them all here would block Redis
 -- for seconds: the users are then left out ('large'), for the caller to read in chunks.
-local FIRST_BREAKDOWN = 16
+local FIRST_BREAKDOWN = 15
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'restoring'}
 end
@@ -44,7 +48,7 @@ for _, canon in ipairs(changed) do
     table.insert(users, display)
     table.insert(users, redis.call('HGET', KEYS[4], canon) or '')
     table.insert(users, count)
-    table.insert(users, redis.call('HGET', KEYS[15], canon) or '0')
+    table.insert(users, redis.call('HGET', KEYS[14], canon) or '0')
   else
     table.insert(deleted, canon)
   end
@@ -81,5 +85,4 @@ return {
   redis.call('HGETALL', KEYS[11]),
   breakdowns,
   generation,
-  redis.call('GET', KEYS[14]) or '0',
 }
