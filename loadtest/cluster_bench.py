@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,108 +55,7 @@ import bench
 import cluster
 import redis
 from redis.crc import key_slot
-
-SLOTS = 16384
-
-
-# -- a local Redis Cluster ---------------------------------------------------------------------
-@dataclass
-class LocalCluster:
-    """`masters` redis-servers in cluster mode on free ports, no replicas, no persistence."""
-
-    directory: Path
-    masters: int
-    ports: list[int] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
-
-    def start(self, timeout: float = 30) -> LocalCluster:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("the cluster benchmark needs redis-server on PATH")
-        for _ in range(self.masters):
-            port = cluster.free_port()
-            home = self.directory / f"node-{port}"
-            home.mkdir(parents=True)
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        *(binary, "--port", str(port), "--bind", "127.0.0.1"),
-                        # The default bus port, port + 10000, may be taken or past 65535.
-                        *("--cluster-port", str(cluster.free_port())),
-                        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                        *("--cluster-require-full-coverage", "no"),
-                        *("--save", "", "--appendonly", "no", "--dir", str(home)),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            self.ports.append(port)
-        deadline = time.monotonic() + timeout
-        for port in self.ports:
-            self._until(deadline, lambda c: c.ping(), port)
-        if self.masters == 1:
-            # redis-cli --cluster create wants 3 masters at least; one node takes every slot.
-            with contextlib.closing(self.client(self.ports[0])) as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, SLOTS - 1)
-        else:
-            subprocess.run(
-                [
-                    *("redis-cli", "--cluster", "create"),
-                    *(f"127.0.0.1:{port}" for port in self.ports),
-                    *("--cluster-replicas", "0", "--cluster-yes"),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-        for port in self.ports:
-            self._until(deadline, lambda c: c.cluster("info")["cluster_state"] == "ok", port)
-        return self
-
-    def _until(self, deadline: float, check: Any, port: int) -> None:
-        with contextlib.closing(self.client(port)) as client:
-            while True:
-                with contextlib.suppress(redis.RedisError):
-                    if check(client):
-                        return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node {port} not ready; see {self.directory}")
-                time.sleep(0.05)
-
-    def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, decode_responses=True)
-
-    def master_of(self, slot: int) -> int:
-        """Index (in self.ports) of the master serving `slot`."""
-        with contextlib.closing(self.client(self.ports[0])) as client:
-            for low, high, (_host, port, *_), *_ in client.execute_command("CLUSTER", "SLOTS"):
-                if low <= slot <= high:
-                    return self.ports.index(int(port))
-        raise RuntimeError(f"slot {slot} is not served")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait(10)
-        self.procs.clear()
-
-
-@contextlib.contextmanager
-def local_cluster(masters: int) -> Iterator[LocalCluster]:
-    directory = Path(tempfile.mkdtemp(prefix="clickky-cluster-bench-"))
-    nodes = LocalCluster(directory, masters)
-    try:
-        yield nodes.start()
-    finally:
-        nodes.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+from redis_cluster import local_cluster
 
 
 def read_masters(ports: list[int]) -> list[tuple[float, int]]:

@@ -409,6 +409,67 @@ def test_a_lost_master_stops_only_its_own_slots(tmp_path: Path, coverage: str) -
         client.close()
 
 
+def move_shard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(REDIS_CLUSTER / "move-shard.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_move_shard_moves_one_shard_with_its_players(tmp_path: Path) -> None:
+    """move-shard.sh on 3 real masters: every key of the shard's slot, names with spaces
+    included, ends on the chosen master, and every node sends clients there."""
+    with cluster_nodes(tmp_path, 3) as nodes:
+        ports = [port for port, _ in nodes]
+        assert create_cluster(ports, 0).returncode == 0
+        shards = Shards("move-test:", 16)
+        client = redis.RedisCluster(host="127.0.0.1", port=ports[0], decode_responses=True)
+        try:
+            five, other = shards.shard(5), shards.shard(6)
+            client.set(five.idempotency("é x", "id-1"), five.idempotency("é x", "id-1"))
+            client.zadd(five.board, {"Ann Bee": 3})
+            client.rpush(five.click_rate("ann bee"), "1:1")
+            client.zadd(other.board, {"Cy": 1})
+            slot = client.keyslot(five.board)
+            owner = client.nodes_manager.get_node_from_slot(slot).port
+            target = next(port for port in ports if port != owner)
+
+            moved = move_shard(f"127.0.0.1:{ports[0]}", "5", f"127.0.0.1:{target}")
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+            assert "moved 3 key(s)" in moved.stdout
+            for port in ports:  # every node agrees on the new owner
+                node = redis.Redis(port=port, decode_responses=True)
+                ranges = node.execute_command("CLUSTER", "SLOTS")
+                assert [r[2][1] for r in ranges if r[0] <= slot <= r[1]] == [target]
+                node.close()
+            owner_node = redis.Redis(port=owner, decode_responses=True)
+            assert owner_node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            owner_node.close()
+            # A cluster client follows MOVED to the data, all of it.
+            assert client.zrange(five.board, 0, -1, withscores=True) == [("Ann Bee", 3.0)]
+            assert client.lrange(five.click_rate("ann bee"), 0, -1) == ["1:1"]
+            assert client.get(five.idempotency("é x", "id-1")) == five.idempotency("é x", "id-1")
+            assert client.zrange(other.board, 0, -1) == ["Cy"]  # another shard, untouched
+        finally:
+            client.close()
+        check = subprocess.run(
+            ["redis-cli", "--cluster", "check", f"127.0.0.1:{ports[0]}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0 and "[OK] All 16384 slots covered" in check.stdout
+
+        # Again: nothing to do. The hub moves the same way. A wrong shard is refused.
+        again = move_shard(f"127.0.0.1:{ports[1]}", "5", f"127.0.0.1:{target}")
+        assert again.returncode == 0 and "already on" in again.stdout, again.stderr
+        hub = move_shard(f"127.0.0.1:{ports[0]}", "hub", f"127.0.0.1:{target}")
+        assert hub.returncode == 0, hub.stderr
+        assert move_shard(f"127.0.0.1:{ports[0]}", "s5", f"127.0.0.1:{target}").returncode == 1
+
+
 # -- the image -------------------------------------------------------------------------
 def dockerfile_stages() -> list[list[str]]:
     """The Dockerfile's instructions (continuations joined), split into stages."""
