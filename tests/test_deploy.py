@@ -787,7 +787,8 @@ def test_k8s_redis_cluster_fits_together() -> None:
     # The nodes' settings and the create script are the repository's, not copies that drift.
     files = find(docs, "ConfigMap", "redis-cluster")["data"]
     assert files == {
-        name: (REDIS_CLUSTER / name).read_text() for name in ("node.conf", "create-cluster.sh")
+        name: (REDIS_CLUSTER / name).read_text()
+        for name in ("node.conf", "create-cluster.sh", "move-shard.sh")
     }
 
     service = find(docs, "Service", "redis-cluster")
