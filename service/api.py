@@ -283,6 +283,8 @@ async def readyz(request: Request) -> Response:
         current = await asyncio.wait_for(rt.counter.state(), timeout=2)
         body["redis"] = "ok"
         body["restore"] = "done" if current.restored else "in_progress"
+        # Not a reason to leave the load balancer: every instance sees the same shards.
+        body["shards_unreachable"] = current.unreachable
         body["snapshot"] = _snapshot_view(await rt.counter.snapshot_status(), current.server_ms)
     except UNREACHABLE as exc:
         body["redis"] = f"unreachable: {exc}"
@@ -317,6 +319,7 @@ async def metrics_endpoint(request: Request) -> Response:
             "snapshot_rows": view["rows"],
             "snapshot_failures": view["failures"],
             "workers_alive": await rt.counter.workers_alive(),
+            "shards_unreachable": current.unreachable,
         }
     except UNREACHABLE:
         metrics.REDIS_ERRORS.labels("metrics").inc()

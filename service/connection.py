@@ -3,11 +3,12 @@ redis+cluster:// for a Redis Cluster (redis-py's cluster client)."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -98,7 +99,7 @@ def _cluster_client(url: str, retry: bool, max_connections: int) -> Redis:
     # a lost connection is retried only by clients whose commands may run twice.
     options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.05), retries=3 if retry else 0)
     del options["retry_on_error"]
-    client = RedisCluster(
+    client = Cluster(
         startup_nodes=nodes,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
@@ -122,3 +123,49 @@ async def ready(client: Redis) -> None:
             await client.initialize()
         except REDIS_ERRORS:
             pass  # unreachable now: the first command tries again, and fails clearly
+
+
+# Set while a command of this task runs inside the cluster client (see Cluster).
+_IN_COMMAND: contextvars.ContextVar[bool] = contextvars.ContextVar("in_command", default=False)
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, except that its own error paths re-learn the slot map
+    instead of closing every node's connections.
+
+    redis-py 8 calls `aclose()` from inside a command on CLUSTERDOWN (a primary rejoining)
+    and on every few MOVED (slots moving): that disconnects the connections other
+    commands are using at that moment, and they fail ("Connection closed", or worse)
+    although their nodes are fine (redis/redis-py#4322, #3846). Here such a call only
+    marks the slot map stale, so the next command reloads it; `aclose()` called from
+    outside a command (shutdown) closes for real.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        token = _IN_COMMAND.set(True)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _IN_COMMAND.reset(token)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py refuses it
+        return _Pipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+
+    async def aclose(self) -> None:
+        if _IN_COMMAND.get():
+            self._initialize = True
+            return
+        await super().aclose()
+
+
+class _Pipeline(ClusterPipeline):
+    """A cluster pipeline whose execution counts as a command (see Cluster.aclose)."""
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        token = _IN_COMMAND.set(True)
+        try:
+            return await super().execute(*args, **kwargs)
+        finally:
+            _IN_COMMAND.reset(token)

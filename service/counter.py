@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 
 from service.admission import Admission
 from service.breakdown import DIMENSIONS, Profile
+from service.connection import REDIS_ERRORS
 from service.errors import ApiError, count_limit, invalid_token, restoring, unavailable
 from service.keys import Keys
 from service.names import SKELETON_VERSION, canonical, skeleton
@@ -111,6 +112,8 @@ class State:
     shard_globals: tuple[int, ...] = ()
     # False while the hub's own memory (the global milestone) awaits its restore.
     hub_restored: bool = True
+    # Shards shown as last read because their primary could not be reached.
+    unreachable: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class Counter:
         # which shares this list); a click's answer on several shards adds the other
         # shards' shares to its own shard's exact count.
         self._shard_globals: list[int] = peer._shard_globals if peer else [0] * shards.count
+        # Each shard's last tick reading, shown while its primary cannot be reached.
+        self._last_parts: list[Any] = peer._last_parts if peer else [None] * shards.count
         # The highest global milestone known to be claimed (claim_global_milestone).
         self._milestone_known = 0
         # Refuses queued clicks that waited too long, and picks the queue's order.
@@ -524,7 +529,7 @@ class Counter:
             )
             self._shard_globals[:] = state.shard_globals
             return state
-        reply, *parts = await asyncio.gather(
+        reply, *read = await asyncio.gather(
             hub_call,
             *(
                 self._shard_state(
@@ -532,7 +537,20 @@ class Counter:
                 )
                 for k in self.shards.all()
             ),
+            return_exceptions=True,
         )
+        if isinstance(reply, BaseException):
+            raise reply
+        # A shard whose primary cannot be reached shows its last reading, so everyone
+        # else's clicks keep moving the ticks (its own players get `unavailable`).
+        parts, unreachable = [], 0
+        for shard, part in enumerate(read):
+            if isinstance(part, REDIS_ERRORS) and self._last_parts[shard] is not None:
+                part, unreachable = self._last_parts[shard], unreachable + 1
+            elif isinstance(part, BaseException):
+                raise part
+            self._last_parts[shard] = part
+            parts.append(part)
         shard_globals = tuple(int(part[0]) for part in parts)
         self._shard_globals[:] = shard_globals
         return State(
@@ -546,6 +564,7 @@ class Counter:
             clock_ms=int(reply[7]),
             shard_globals=shard_globals,
             hub_restored=bool(reply[4]),
+            unreachable=unreachable,
         )
 
     async def claim_global_milestone(self, state: State) -> int:

@@ -133,6 +133,8 @@ _CLUSTER_HELP = {
     "snapshot_rows": "Rows written by the last good snapshot.",
     "snapshot_failures": "Consecutive failed snapshots.",
     "workers_alive": "Worker processes with a live health key.",
+    "shards_unreachable": "Shards whose Redis primary this instance cannot reach (shown as"
+    " last read; their players get unavailable).",
 }
 FANOUT_SECONDS = Histogram(
     "clickky_fanout_seconds",

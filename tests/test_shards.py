@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError
 
 from service.breakdown import Profile
 from service.counter import Counter
@@ -235,3 +236,31 @@ def test_key_names_on_one_shard_are_unchanged_and_tagged_on_several() -> None:
     assert four.hub.join_rate("1.2.3.4") == "clickky:{hub}:joinrate:1.2.3.4"
     with pytest.raises(ValueError):
         Shards("a{b}:", 4)
+
+
+async def test_a_shard_that_cannot_be_reached_shows_its_last_reading(pair) -> None:
+    _, four = pair
+    players = [await make_player(four, name) for name in NAMES[:16]]
+    for p in players:
+        await four.click(p, 2, NO_LIMIT)
+    before = await four.state()
+    down = four.shards.shard(2).global_count
+    real = four._shard_state
+
+    async def primary_down(*, keys: list[str], args: list[Any]) -> Any:
+        if keys[0] == down:
+            raise ConnectionError("Connection refused")
+        return await real(keys=keys, args=args)
+
+    four._shard_state = primary_down  # type: ignore[assignment]
+    alive = next(p for p in players if four.shards.of(p.canon) != 2)
+    await four.click(alive, 3, NO_LIMIT)
+    during = await four.state()
+    assert during.unreachable == 1
+    assert during.global_count == before.global_count + 3, "the others' clicks still show"
+    assert during.shard_globals[2] == before.shard_globals[2]
+    # A reader that never saw the shard cannot make up its share: it fails instead.
+    fresh = Counter(four.redis, four.shards)
+    fresh._shard_state = primary_down  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await fresh.state()
