@@ -58,12 +58,12 @@ from redis.crc import key_slot
 from redis_cluster import local_cluster
 
 
-def read_masters(ports: list[int]) -> list[tuple[float, int]]:
-    """(CPU seconds, commands run) of each master, from INFO cpu and INFO commandstats."""
+def read_masters(ports: list[int]) -> list[tuple[float, dict[str, int]]]:
+    """(CPU seconds, calls per command) of each master, from INFO cpu and commandstats."""
     figures = []
     for port in ports:
         with contextlib.closing(redis.Redis(port=port, socket_timeout=5)) as client:
-            calls = sum(calls for calls, _ in cluster.redis_command_stats(client).values())
+            calls = {name: c for name, (c, _) in cluster.redis_command_stats(client).items()}
             figures.append((cluster.redis_cpu_seconds(client), calls))
     return figures
 
@@ -99,7 +99,11 @@ def master_figures(line: dict[str, Any], duration: float) -> dict[str, Any]:
     """The per-master figures from the probe's two readings (popped from the line)."""
     before, after = line.pop("probe")
     cpu = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
-    commands = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
+    by_name: dict[str, int] = {}
+    for (_, calls_a), (_, calls_b) in zip(before, after, strict=True):
+        for name, calls in calls_b.items():
+            by_name[name] = by_name.get(name, 0) + calls - calls_a.get(name, 0)
+    commands = sum(by_name.values())
     clicks = line["clicks_per_s"] * duration
     events = line["click_events_per_s"] * duration
     busiest = max(cpu) / duration
@@ -111,14 +115,24 @@ def master_figures(line: dict[str, Any], duration: float) -> dict[str, Any]:
         "redis_cpu_ms_per_click_sum": round(1000 * sum(cpu) / clicks, 4) if clicks else None,
         "commands_per_click": round(commands / clicks, 2) if clicks else None,
         "commands_per_event": round(commands / events, 2) if events else None,
+        # The commands behind that figure, most frequent first (scripts' own calls included).
+        "commands_per_event_by_name": {
+            name: round(calls / events, 2)
+            for name, calls in sorted(by_name.items(), key=lambda item: -item[1])[:10]
+        }
+        if events
+        else {},
         "capacity_clicks_per_s_est": round(line["clicks_per_s"] / busiest) if busiest else None,
     }
 
 
-def cluster_run(args: argparse.Namespace, masters: int, run_no: int) -> dict[str, Any]:
+def cluster_run(
+    args: argparse.Namespace, masters: int, run_no: int, checkout: Path = cluster.ROOT
+) -> dict[str, Any]:
     options = bench_args(args)
     with local_cluster(masters) as nodes:
         deployment = cluster.Cluster(
+            cwd=checkout,
             # bench.py reads Redis CPU from this URL (the first master): we read them all.
             redis_url=f"redis://127.0.0.1:{nodes.ports[0]}/0",
             env_extra={"REDIS_URL": nodes.url, "REDIS_SHARDS": str(args.shards)},
@@ -140,6 +154,7 @@ def cluster_run(args: argparse.Namespace, masters: int, run_no: int) -> dict[str
     return {
         "masters": masters,
         "shards": args.shards,
+        "revision": describe(checkout),
         **line,
         "shards_each": [len(s) for s in shards_each],
         "hub_on": hub_on,
@@ -209,7 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="instead: bench.py's bar on a single Redis, --before against this working tree",
     )
-    p.add_argument("--before", default="main", help="the revision to compare with (--single)")
+    p.add_argument(
+        "--before",
+        help="the revision to compare with: --single's (default main); in cluster mode, each "
+        "master count runs on it too, alternating with this working tree",
+    )
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--players", type=int, default=250)
@@ -228,19 +247,26 @@ def main(argv: list[str] | None = None) -> int:
     info = bench.machine()
     lines: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
+        before = (
+            stack.enter_context(archived(args.before or "main"))
+            if args.before or args.single
+            else None
+        )
+        plan: list[tuple[str, int, Path]] = []
         if args.single:
-            before = stack.enter_context(archived(args.before))
-            plan = [("before", before), ("after", cluster.ROOT)]
-        else:
-            plan = [(f"{m} master(s)", int(m)) for m in args.masters.split(",") if m.strip()]
+            plan = [("before", 0, before), ("after", 0, cluster.ROOT)]
+        for m in (int(m) for m in args.masters.split(",") if m.strip() and not args.single):
+            if before is not None:
+                plan.append((f"{m} master(s), before", m, before))
+            plan.append((f"{m} master(s)", m, cluster.ROOT))
         for run_no in range(args.repeat):
-            for name, target in plan:  # alternating, so a noisy machine hits each alike
+            for name, masters, checkout in plan:  # alternating: a noisy machine hits all alike
                 if lines:
                     time.sleep(args.pause)
-                if isinstance(target, Path):
-                    line = single_run(args, name, target, run_no)
+                if masters:
+                    line = cluster_run(args, masters, run_no, checkout)
                 else:
-                    line = cluster_run(args, target, run_no)
+                    line = single_run(args, name, checkout, run_no)
                 print(json.dumps({"run": run_no + 1, **line}), file=sys.stderr, flush=True)
                 lines.setdefault(name, []).append(line)
     failed = False

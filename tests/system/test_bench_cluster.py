@@ -62,6 +62,7 @@ def test_one_and_three_masters_at_the_same_load() -> None:
         assert all(x > 0 for x in each), report  # every master works (ticks read its shards)
         assert line["redis_cpu_ms_per_click_sum"] == pytest.approx(sum(each), rel=0.05), report
         assert line["commands_per_click"] > 1 and line["commands_per_event"] > 1, report
+        assert line["commands_per_event_by_name"]["evalsha"] > 0, report  # the click script
         assert "redis_cpu_ms_per_click" not in line  # bench.py's: the first master's only
     three = lines[1]
     assert sorted(three["shards_each"]) == [2, 2, 4]  # {s0}..{s7} over create's 3 ranges
