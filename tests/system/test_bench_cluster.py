@@ -93,8 +93,8 @@ def test_a_master_lost_under_clicks_fails_over_exactly() -> None:
     # Its replica took over: within node.conf's 5 s node timeout, an election and the
     # client's new slot map (7-9 s in our runs), and its players were refused meanwhile.
     assert 5 <= line["failover_s"] <= 30 and line["refused_own"] > 0, report
-    # Every acknowledged click counted, none twice; the other players kept clicking (one
-    # of theirs was refused in one of our runs, while the client relearnt the slot map).
+    # Every acknowledged click counted, none twice; the other players kept clicking (up to
+    # two of theirs were refused in a run, while the client relearnt the slot map).
     assert line["exact"] and line["lost"] == 0 and line["extra"] == 0, report
     assert line["refused_others"] <= 3 and line["last_other_ok_s"] < 2, report
     assert not leftover_nodes()
