@@ -30,6 +30,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -477,8 +478,14 @@ def summarize(
 
 # -- orchestration -----------------------------------------------------------------------------
 def run_once(
-    args: argparse.Namespace, deployment: cluster.Cluster, tokens: list[str], run_no: int
+    args: argparse.Namespace,
+    deployment: cluster.Cluster,
+    tokens: list[str],
+    run_no: int,
+    probe: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
+    """One measured run. `probe`, if given, is called at the window's start and end; the
+    line's `probe` is the pair of what it returned (cluster_bench.py reads every master)."""
     urls = deployment.urls
     k = len(urls)
     # The first --single-players send one event per click; the rest batch like the page.
@@ -524,12 +531,14 @@ def run_once(
         time.sleep(max(0.0, t_measure - time.monotonic()))
         cpu_a, redis_a = deployment.server_cpu(), cluster.redis_cpu_seconds(rcli)
         commands_a = cluster.redis_command_stats(rcli)
+        probe_a = probe() if probe else None
         busy_a, mine_a = cluster.machine_busy_seconds(), time.process_time()
         load_at_start = cluster.load_average()
         if args.profile:
             profilers = start_profilers(args, deployment, run_no)
         time.sleep(max(0.0, t_end - time.monotonic()))
         cpu_b, redis_b = deployment.server_cpu(), cluster.redis_cpu_seconds(rcli)
+        probe_b = probe() if probe else None
         rss = [cluster.rss_mb(pid) for pid in deployment.pids]
         commands_b = cluster.redis_command_stats(rcli)
         busy_b, mine_b = cluster.machine_busy_seconds(), time.process_time()
@@ -558,7 +567,7 @@ def run_once(
     if args.dump:
         with open(f"{args.dump}.k{k}.run{run_no}.pickle", "wb") as f:
             pickle.dump({"t_measure": t_measure, "results": results}, f)
-    return summarize(
+    line = summarize(
         args,
         k,
         results,
@@ -584,6 +593,9 @@ def run_once(
             "server_rss_mb_each": rss,
         },
     )
+    if probe:
+        line["probe"] = (probe_a, probe_b)
+    return line
 
 
 def start_profilers(

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import ipaddress
 import os
 import re
+import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 
-from tests.support import ROOT, free_port
+from service.settings import Settings
+from service.shards import Shards
+from tests.support import ROOT, free_port, wait_until
 from worker import stack as local_stack
 
 DEPLOY = ROOT / "deploy"
@@ -27,9 +35,32 @@ K8S = DEPLOY / "k8s"
 SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET")
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Compose's Go parser refuses the file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def compose(text: str | None = None) -> dict[str, Any]:
+    source = (ROOT / "docker-compose.yml").read_text() if text is None else text
+    data: dict[str, Any] = yaml.load(source, Loader=UniqueKeyLoader)
     return data
+
+
+def test_compose_has_no_duplicate_keys() -> None:
+    compose()
+    # The check can fail: two merge keys in one mapping (write <<: [*a, *b] instead).
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key '<<'"):
+        compose("x-a: &a {A: 1}\nx-b: &b {B: 2}\nenv:\n  <<: *a\n  <<: *b\n")
 
 
 def known_settings() -> set[str]:
@@ -44,10 +75,12 @@ def known_settings() -> set[str]:
 # -- docker compose --------------------------------------------------------------------
 def test_compose_has_the_stack_of_the_issue() -> None:
     everything = compose()["services"]
-    # Monitoring sits behind a profile, so a plain `docker compose up` runs only the stack.
+    # Monitoring and the Redis Cluster sit behind profiles, so a plain `docker compose up`
+    # runs only the stack.
     optional = {name for name, s in everything.items() if s.get("profiles")}
-    assert optional == {"prometheus", "grafana"}
-    assert all(everything[name]["profiles"] == ["monitoring"] for name in optional)
+    assert optional == {"prometheus", "grafana"} | CLUSTER_SERVICES
+    assert all(everything[name]["profiles"] == ["monitoring"] for name in ("prometheus", "grafana"))
+    assert all(everything[name]["profiles"] == ["cluster"] for name in CLUSTER_SERVICES)
     services = {name: s for name, s in everything.items() if name not in optional}
     assert set(services) == {"redis", "mysql", "app", "worker", "nginx"}
     assert everything["grafana"]["ports"] == ["127.0.0.1:${GRAFANA_PORT:-3000}:3000"]
@@ -108,9 +141,333 @@ def test_compose_secrets_come_from_env_and_env_example_lists_them() -> None:
     # The required ones fail loudly when .env lacks them.
     assert "${MYSQL_PASSWORD:?" in text and "${MYSQL_ROOT_PASSWORD:?" in text
     # Every setting given to the app and the worker is one the code reads.
-    for name in ("app", "worker"):
+    for name in ("app", "worker", "app-cluster", "worker-cluster"):
         unknown = set(services[name]["environment"]) - known_settings()
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
+
+
+# -- the compose `cluster` profile -------------------------------------------------------
+NODES = [f"redis-node-{i}" for i in range(6)]
+CLUSTER_SERVICES = {
+    *NODES,
+    *("redis-cluster-init", "cluster-database", "app-cluster", "worker-cluster", "nginx-cluster"),
+}
+REDIS_CLUSTER = DEPLOY / "redis-cluster"
+# What each stack's own configuration holds (the rest is the same on both).
+OWN = {"REDIS_URL", "REDIS_SHARDS", "DATABASE_URL"}
+
+
+def interpolated(environment: dict[str, Any]) -> dict[str, str]:
+    """The environment as Compose would give it with an empty .env: ${X:-d} -> d."""
+
+    def value(match: re.Match[str]) -> str:
+        return match.group(2) if match.group(1) == ":-" else "set-in-env"
+
+    return {
+        key: re.sub(r"\$\{[A-Z_]+(:-|:\?)([^}]*)\}", value, str(text))
+        for key, text in environment.items()
+    }
+
+
+def test_compose_cluster_profile_is_the_stack_on_six_nodes() -> None:
+    services = compose()["services"]
+    subnet = compose()["networks"]["redis-cluster"]["ipam"]["config"][0]["subnet"]
+    addresses, volumes = set(), set()
+    for name in NODES:
+        node = services[name]
+        # Clients are sent the name that resolves on the network, not a container address.
+        assert node["command"] == [
+            *("redis-server", "/usr/local/etc/redis/node.conf"),
+            *("--cluster-announce-hostname", name),
+        ]
+        assert (
+            "./deploy/redis-cluster/node.conf:/usr/local/etc/redis/node.conf:ro"
+            in (node["volumes"])
+        )
+        volumes |= {v for v in node["volumes"] if v.endswith(":/data")}
+        address = ipaddress.ip_address(node["networks"]["redis-cluster"]["ipv4_address"])
+        assert address in ipaddress.ip_network(subnet)
+        addresses.add(address)
+        assert "healthcheck" in node and "ports" not in node
+    assert len(addresses) == len(volumes) == 6
+
+    init = services["redis-cluster-init"]
+    assert init["restart"] == "no"
+    assert init["environment"]["CLUSTER_NODES"].split() == [f"{n}:6379" for n in NODES]
+    assert init["environment"]["CLUSTER_REPLICAS"] == "1"
+    assert init["depends_on"] == {n: {"condition": "service_healthy"} for n in NODES}
+    source, target, _ = init["volumes"][0].split(":")
+    assert source == "./deploy/redis-cluster/create-cluster.sh" and init["command"] == [
+        "sh",
+        target,
+    ]
+
+    for name in ("app-cluster", "worker-cluster"):
+        single = services[name.removesuffix("-cluster")]
+        env = services[name]["environment"]
+        assert "redis-cluster" in services[name]["networks"]
+        assert services[name]["depends_on"] == {
+            "redis-cluster-init": {"condition": "service_completed_successfully"},
+            "cluster-database": {"condition": "service_completed_successfully"},
+            "mysql": {"condition": "service_healthy"},
+        }
+        hosts = env["REDIS_URL"].removeprefix("redis+cluster://").split(",")
+        assert {host.partition(":")[0] for host in hosts} <= set(NODES)
+        # Its own database: the two stacks never share a snapshot store.
+        assert env["DATABASE_URL"].endswith("/${MYSQL_CLUSTER_DATABASE:-clickky_cluster}")
+        assert env["DATABASE_URL"] != single["environment"]["DATABASE_URL"]
+        assert {k: v for k, v in env.items() if k not in OWN} == {
+            k: v for k, v in single["environment"].items() if k not in OWN
+        }
+        # The service reads it as a cluster of 16 logical shards.
+        settings = Settings.from_environ(interpolated(env))
+        assert settings.redis_url == env["REDIS_URL"]
+        assert settings.shards == Shards("clickky:", 16)
+
+    nginx = services["nginx-cluster"]
+    upstream = services["nginx"]["environment"]["CLICKKY_UPSTREAM"]
+    assert nginx["environment"]["CLICKKY_UPSTREAM"] == upstream.replace("app:", "app-cluster:")
+    assert nginx["depends_on"] == {"app-cluster": {"condition": "service_healthy"}}
+    assert [n for n in sorted(CLUSTER_SERVICES) if "ports" in services[n]] == ["nginx-cluster"]
+    assert nginx["ports"] != services["nginx"]["ports"]
+    # A plain `docker compose up` needs nothing of the profile.
+    for name, service in services.items():
+        if not service.get("profiles"):
+            assert not set(service.get("depends_on", {})) & CLUSTER_SERVICES, name
+            assert "redis-cluster" not in service.get("networks", []), name
+
+
+def test_compose_cluster_database_job_runs_on_a_real_server() -> None:
+    """The job's SQL, as the shell in its container gets it, against the local MariaDB."""
+    job = compose()["services"]["cluster-database"]
+    assert job["depends_on"] == {"mysql": {"condition": "service_healthy"}}
+    argv = [arg.replace("$$", "$") for arg in job["command"]]
+    argv[-1] = argv[-1].replace("-h mysql ", "-h 127.0.0.1 ")
+    assert argv[-1].count("-h 127.0.0.1 ") == 1
+    tag = secrets.token_hex(4)
+    database, user = f"clickky_cluster_test_{tag}", f"clickky_{tag}"
+    env = {**os.environ, "CLUSTER_DATABASE": database, "CLUSTER_USER": user, "MYSQL_PWD": ""}
+
+    def sql(statement: str, *login: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["mysql", "-h", "127.0.0.1", *(login or ("-u", "root")), "-N", "-e", statement],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+
+    # The image creates MYSQL_USER before any job runs.
+    assert sql(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{tag}'").returncode == 0
+    try:
+        for _ in range(2):  # it runs on every `up`
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+            assert run.returncode == 0, run.stderr
+        own = sql(
+            f"CREATE TABLE {database}.t (x INT); SELECT COUNT(*) FROM {database}.t",
+            *("-u", user, f"--password=pw-{tag}"),
+        )
+        assert own.returncode == 0 and own.stdout.split() == ["0"], own.stderr
+    finally:
+        sql(f"DROP DATABASE IF EXISTS {database}; DROP USER IF EXISTS '{user}'@'%'")
+
+
+@contextlib.contextmanager
+def cluster_nodes(
+    tmp_path: Path, count: int, *options: str
+) -> Iterator[list[tuple[int, subprocess.Popen[bytes]]]]:
+    """`count` real redis-servers on deploy/redis-cluster/node.conf, moved to free local ports."""
+    nodes = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            (tmp_path / str(port)).mkdir()
+            # The bus port's default, port + 10000, may be taken or past 65535.
+            argv = [
+                *("redis-server", str(REDIS_CLUSTER / "node.conf"), "--port", str(port)),
+                *("--cluster-port", str(free_port())),
+                *("--bind", "127.0.0.1 -::1", "--dir", str(tmp_path / str(port))),
+                *("--cluster-announce-hostname", "localhost", *options),
+            ]
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+            nodes.append((port, proc))
+        for port, _ in nodes:
+            client = redis.Redis(port=port)
+            wait_until(lambda c=client: c.ping(), timeout=10)  # type: ignore[misc]
+            client.close()
+        yield nodes
+    finally:
+        for _, proc in nodes:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in nodes:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def create_cluster(
+    ports: list[int], replicas: int, wait_s: int = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(REDIS_CLUSTER / "create-cluster.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "CLUSTER_NODES": " ".join(f"localhost:{port}" for port in ports),
+            "CLUSTER_REPLICAS": str(replicas),
+            "CLUSTER_WAIT_S": str(wait_s),
+        },
+    )
+
+
+def cluster_info(client: redis.Redis) -> dict[str, str]:
+    info: dict[str, str] = client.cluster("info")
+    return info
+
+
+def cluster_nodes_table(client: redis.Redis) -> list[list[str]]:
+    """CLUSTER NODES: [id, address, flags, master id, slots...] per node (no ping times)."""
+    text = client.execute_command("CLUSTER", "NODES")
+    text = text.decode() if isinstance(text, bytes) else text
+    return sorted([*fields[:4], *fields[8:]] for fields in map(str.split, text.splitlines()))
+
+
+def test_the_cluster_bootstrap_creates_the_cluster_once(tmp_path: Path) -> None:
+    with cluster_nodes(tmp_path, 6) as nodes:
+        ports = [port for port, _ in nodes]
+        created = create_cluster(ports, 1)
+        assert created.returncode == 0, created.stdout + created.stderr
+        client = redis.Redis(port=ports[0], decode_responses=True)
+        info = cluster_info(client)
+        assert info["cluster_state"] == "ok" and int(info["cluster_slots_assigned"]) == 16384
+
+        def settled() -> list[list[str]] | None:  # replicas are announced by gossip
+            table = cluster_nodes_table(client)
+            masters = {node[0] for node in table if "master" in node[2]}
+            replicated = sorted(node[3] for node in table if "slave" in node[2])
+            return table if len(masters) == 3 and replicated == sorted(masters) else None
+
+        table = wait_until(settled)
+        # Clients are sent the announced hostname (node.conf: preferred endpoint hostname).
+        slots = client.execute_command("CLUSTER", "SLOTS")
+        assert {entry[2][0] for entry in slots} == {"localhost"}
+
+        # Every logical shard and the hub answer through a cluster client.
+        cluster = redis.RedisCluster(host="127.0.0.1", port=ports[0])
+        try:
+            for keys in [*Shards("deploy-test:", 16).all(), Shards("deploy-test:", 16).hub]:
+                assert cluster.incr(keys.global_count) == 1
+        finally:
+            cluster.close()
+
+        # Rerun (every `docker compose up`): nothing is created again.
+        again = create_cluster(ports, 1)
+        assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+        assert cluster_nodes_table(client) == table
+        assert cluster_info(client)["cluster_current_epoch"] == info["cluster_current_epoch"]
+        client.close()
+
+        # The check can fail: a node that never answers ends the job with 1.
+        nodes[5][1].kill()
+        nodes[5][1].wait()
+        missing = create_cluster(ports, 1, wait_s=1)
+        assert missing.returncode == 1 and "does not answer" in missing.stderr
+
+
+@pytest.mark.parametrize("coverage", ["node.conf", "yes"])
+def test_a_lost_master_stops_only_its_own_slots(tmp_path: Path, coverage: str) -> None:
+    """node.conf's cluster-require-full-coverage no, on 3 masters without replicas; with
+    Redis's default (yes) one lost master stops every slot, so the check can fail."""
+    options = () if coverage == "node.conf" else ("--cluster-require-full-coverage", coverage)
+    with cluster_nodes(tmp_path, 3, "--cluster-node-timeout", "500", *options) as nodes:
+        ports = [port for port, _ in nodes]
+        assert create_cluster(ports, 0).returncode == 0
+        client = redis.Redis(port=ports[0], decode_responses=True)
+        keys = [f"{{s{i}}}:x" for i in range(64)]
+        own = next(k for k in keys if client.cluster("keyslot", k) <= 5460)
+        lost = next(k for k in keys if client.cluster("keyslot", k) > 10922)
+        nodes[2][1].send_signal(signal.SIGKILL)
+        nodes[2][1].wait()
+        wait_until(
+            lambda: any("fail" in node[2].split(",") for node in cluster_nodes_table(client))
+        )
+        if coverage == "yes":
+            wait_until(lambda: cluster_info(client)["cluster_state"] == "fail")
+            with pytest.raises(redis.exceptions.ClusterDownError):
+                client.set(own, 1)
+            return
+        assert cluster_info(client)["cluster_state"] == "ok"
+        assert client.set(own, 1)  # this master's players keep clicking
+        # The lost master's slots still point at it: a client's call there fails (unavailable).
+        with pytest.raises(redis.exceptions.MovedError, match=f":{ports[2]}$"):
+            client.set(lost, 1)
+        client.close()
+
+
+def move_shard(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(REDIS_CLUSTER / "move-shard.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_move_shard_moves_one_shard_with_its_players(tmp_path: Path) -> None:
+    """move-shard.sh on 3 real masters: every key of the shard's slot, names with spaces
+    included, ends on the chosen master, and every node sends clients there."""
+    with cluster_nodes(tmp_path, 3) as nodes:
+        ports = [port for port, _ in nodes]
+        assert create_cluster(ports, 0).returncode == 0
+        shards = Shards("move-test:", 16)
+        client = redis.RedisCluster(host="127.0.0.1", port=ports[0], decode_responses=True)
+        try:
+            five, other = shards.shard(5), shards.shard(6)
+            client.set(five.idempotency("é x", "id-1"), five.idempotency("é x", "id-1"))
+            client.zadd(five.board, {"Ann Bee": 3})
+            client.rpush(five.click_rate("ann bee"), "1:1")
+            client.zadd(other.board, {"Cy": 1})
+            slot = client.keyslot(five.board)
+            owner = client.nodes_manager.get_node_from_slot(slot).port
+            target = next(port for port in ports if port != owner)
+
+            moved = move_shard(f"127.0.0.1:{ports[0]}", "5", f"127.0.0.1:{target}")
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+            assert "moved 3 key(s)" in moved.stdout
+            for port in ports:  # every node agrees on the new owner
+                node = redis.Redis(port=port, decode_responses=True)
+                ranges = node.execute_command("CLUSTER", "SLOTS")
+                assert [r[2][1] for r in ranges if r[0] <= slot <= r[1]] == [target]
+                node.close()
+            owner_node = redis.Redis(port=owner, decode_responses=True)
+            assert owner_node.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            owner_node.close()
+            # A cluster client follows MOVED to the data, all of it.
+            assert client.zrange(five.board, 0, -1, withscores=True) == [("Ann Bee", 3.0)]
+            assert client.lrange(five.click_rate("ann bee"), 0, -1) == ["1:1"]
+            assert client.get(five.idempotency("é x", "id-1")) == five.idempotency("é x", "id-1")
+            assert client.zrange(other.board, 0, -1) == ["Cy"]  # another shard, untouched
+        finally:
+            client.close()
+        check = subprocess.run(
+            ["redis-cli", "--cluster", "check", f"127.0.0.1:{ports[0]}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0 and "[OK] All 16384 slots covered" in check.stdout
+
+        # Again: nothing to do. The hub moves the same way. A wrong shard is refused.
+        again = move_shard(f"127.0.0.1:{ports[1]}", "5", f"127.0.0.1:{target}")
+        assert again.returncode == 0 and "already on" in again.stdout, again.stderr
+        hub = move_shard(f"127.0.0.1:{ports[0]}", "hub", f"127.0.0.1:{target}")
+        assert hub.returncode == 0, hub.stderr
+        assert move_shard(f"127.0.0.1:{ports[0]}", "s5", f"127.0.0.1:{target}").returncode == 1
 
 
 # -- the image -------------------------------------------------------------------------
@@ -187,7 +544,11 @@ def check_command(argv: list[str]) -> None:
 def test_every_service_command_exists_in_the_image() -> None:
     services = compose()["services"]
     ours = [name for name, s in services.items() if s.get("image") == "clickky:local"]
-    assert set(ours) == {"app", "worker"}
+    assert set(ours) == {"app", "worker", "app-cluster", "worker-cluster"}
+    # The cluster profile runs the same image the same way, only on another Redis.
+    for name in ("app", "worker"):
+        for key in ("command", "healthcheck", "stop_grace_period"):
+            assert services[f"{name}-cluster"][key] == services[name][key], (name, key)
     assert all(services[name]["build"]["context"] == "." for name in ours)
     cmd = next(line for line in dockerfile_stages()[-1] if line.startswith("CMD"))
     image_cmd = yaml.safe_load(cmd.removeprefix("CMD"))
@@ -379,19 +740,25 @@ def test_k8s_manifests_fit_together() -> None:
     assert secret["stringData"]["ADMIN_TOKEN"] == "" and secret["stringData"]["SECRET_KEY"] == ""
 
 
-@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
-def test_kustomize_builds_every_manifest() -> None:
+def kustomized(directory: Path, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`kubectl kustomize directory`: exactly the documents of `sources`, valid, namespaced."""
     result = subprocess.run(
-        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     names = {(d["kind"], d["metadata"]["name"]) for d in built}
-    assert names == {(d["kind"], d["metadata"]["name"]) for d in manifests()}
+    assert names == {(d["kind"], d["metadata"]["name"]) for d in sources}
     for doc in built:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "clickky"
+    return built
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
+def test_kustomize_builds_every_manifest() -> None:
+    built = kustomized(K8S, manifests())
     images = {
         c["image"]
         for d in built
@@ -399,6 +766,89 @@ def test_kustomize_builds_every_manifest() -> None:
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert images == {"clickky:0.1.0"}
+
+
+# -- Kubernetes on a Redis Cluster (deploy/k8s-cluster, an overlay of deploy/k8s) ----------
+K8S_CLUSTER = DEPLOY / "k8s-cluster"
+
+
+def cluster_overlay() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S_CLUSTER.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def test_k8s_redis_cluster_fits_together() -> None:
+    docs = cluster_overlay()
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # The nodes' settings and the create script are the repository's, not copies that drift.
+    files = find(docs, "ConfigMap", "redis-cluster")["data"]
+    assert files == {
+        name: (REDIS_CLUSTER / name).read_text()
+        for name in ("node.conf", "create-cluster.sh", "move-shard.sh")
+    }
+
+    service = find(docs, "Service", "redis-cluster")
+    nodes = find(docs, "StatefulSet", "redis-cluster")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert nodes["spec"]["serviceName"] == service["metadata"]["name"]
+    pod = nodes["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    redis_box = pod["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in redis_box["volumeMounts"]}
+    assert redis_box["command"] == ["redis-server", f"{mounts['config']}/node.conf"]
+    assert mounts["data"] == "/data"
+    assert nodes["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    # Each pod announces the name the headless Service gives it.
+    assert redis_box["args"] == [
+        "--cluster-announce-hostname",
+        f"$(POD_NAME).{service['metadata']['name']}",
+    ]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        redis_box["env"]
+    )
+    assert {p["containerPort"] for p in redis_box["ports"]} == {6379, 16379}
+    names = [f"{nodes['metadata']['name']}-{i}.redis-cluster" for i in range(6)]
+    assert nodes["spec"]["replicas"] == len(names)
+
+    job = find(docs, "Job", "redis-cluster-create")
+    create = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in create["env"]}
+    assert env["CLUSTER_NODES"].split() == [f"{name}:6379" for name in names]
+    assert env["CLUSTER_REPLICAS"] == "1"
+    script_dir = create["volumeMounts"][0]["mountPath"]
+    assert create["command"] == ["sh", f"{script_dir}/create-cluster.sh"]
+    volumes = job["spec"]["template"]["spec"]["volumes"] + pod["spec"]["volumes"]
+    assert {v["configMap"]["name"] for v in volumes} == {"redis-cluster"}
+
+    pdb = find(docs, "PodDisruptionBudget", "redis-cluster")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    app_pods = find(manifests(), "Deployment", "clickky-app")["spec"]["template"]["metadata"]
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= app_pods["labels"].items()
+    assert not service["spec"]["selector"].items() <= app_pods["labels"].items()
+
+    # The settings patch: what the app and the worker then read.
+    config = find(docs, "ConfigMap", "clickky-config")["data"]
+    secret = find(docs, "Secret", "clickky-secrets")["stringData"]
+    assert set(config) | set(secret) <= known_settings()
+    hosts = secret["REDIS_URL"].removeprefix("redis+cluster://").split(",")
+    assert set(hosts) <= {f"{name}:6379" for name in names}
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")
+def test_kustomize_builds_the_cluster_overlay() -> None:
+    built = kustomized(K8S_CLUSTER, manifests() + cluster_overlay())
+    # The base's settings, with the cluster's on top: 16 shards on a redis+cluster:// URL.
+    config = find(built, "ConfigMap", "clickky-config")["data"]
+    base = find(manifests(), "ConfigMap", "clickky-config")["data"]
+    assert config == {**base, "REDIS_SHARDS": "16"}
+    secret = find(built, "Secret", "clickky-secrets")["stringData"]
+    settings = Settings.from_environ({**config, **secret})
+    assert settings.redis_url.startswith("redis+cluster://redis-cluster-0.redis-cluster:6379,")
+    assert settings.shards == Shards("clickky:", 16)
 
 
 # -- systemd -----------------------------------------------------------------------------
