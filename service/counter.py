@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from service.admission import Admission
 from service.breakdown import DIMENSIONS, Profile
@@ -40,13 +43,41 @@ FANOUT_CALLS = 16
 # A shard's part of a tick that takes longer is shown as last read: a primary that
 # hangs (not one that refuses) would otherwise hold every tick for the socket timeout.
 SHARD_READ_TIMEOUT_S = 0.5
+# How deep the leaderboard pages on several shards: each shard sends its first
+# offset + limit rows to be merged, so deep pages would cost every shard's whole board.
+MAX_MERGED_ROWS = 2000
 ANONYMOUS = Profile()
 
 
-def load_script(redis: Redis, name: str) -> AsyncScript:
-    """Register a Lua script from service/lua; redis-py reloads it after a Redis restart."""
+class Script(AsyncScript):
+    """A Lua script called by its SHA (EVALSHA), sent whole (EVAL) to a node that lacks it.
+
+    redis-py's own fallback loads the script with SCRIPT LOAD, which a cluster client
+    sends to every primary: with one primary down, scripts would then fail on the healthy
+    ones too, and a restarted or newly promoted primary starts without any (replicas do
+    not inherit the script cache). EVAL goes to the keys' node only, and caches it there.
+    Either way the script runs once: NOSCRIPT means it did not run.
+    """
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        keys = list(keys or [])
+        flat = (*keys, *(args or []))
+        client = self.registered_client if client is None else client
+        try:
+            return await client.evalsha(self.sha, len(keys), *flat)
+        except NoScriptError:
+            return await client.eval(self.script, len(keys), *flat)
+
+
+def load_script(redis: Redis, name: str) -> Script:
+    """A Lua script from service/lua, called by SHA and resent whole where it is missing."""
     source = resources.files("service").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return redis.register_script(source)
+    return Script(redis, source)
 
 
 def as_text(value: Any) -> str:
@@ -592,7 +623,8 @@ class Counter:
         if reached <= self._milestone_known:
             return 0  # claimed already, by us or another instance
         claimed = await self._milestone_claim(
-            keys=[self.keys.milestone_global, self.keys.epoch], args=[str(reached)]
+            keys=[self.keys.milestone_global, self.keys.epoch, self.keys.milestone_claim],
+            args=[str(reached), secrets.token_hex(8)],
         )
         self._milestone_known = reached
         return int(as_text(claimed) or 0)
@@ -609,6 +641,13 @@ class Counter:
             )
             rows = _pairs(flat)
         else:
+            if offset + limit > MAX_MERGED_ROWS:
+                raise ApiError(
+                    422,
+                    "invalid_paging",
+                    f"With several shards the leaderboard pages through its first"
+                    f" {MAX_MERGED_ROWS:,} rows only; search for a player by name instead.",
+                )
             parts = await asyncio.gather(
                 *(
                     self._fanned(self._leaderboard(keys=[k.board], args=[0, offset + limit]))
@@ -797,9 +836,8 @@ class Counter:
 def _merge_top(tops: list[list[tuple[str, int]]], n: int) -> list[tuple[str, int]]:
     """The first n of several (name, count) lists each ordered as ZREVRANGE orders
     (count, then name, both descending), in that same order."""
-    merged = [row for top in tops for row in top]
-    merged.sort(key=lambda row: (row[1], row[0].encode()), reverse=True)
-    return merged[:n]
+    merged = heapq.merge(*tops, key=lambda row: (row[1], row[0].encode()), reverse=True)
+    return list(itertools.islice(merged, n))
 
 
 def _power_of_ten(count: int, first: int) -> int:

@@ -211,6 +211,11 @@ class Keys:
         return self.hub_root + "milestone:global"
 
     @property
+    def milestone_claim(self) -> str:
+        # The id of the last global milestone claim (milestone_claim.lua), for retries.
+        return self.hub_root + "milestone:global:claim"
+
+    @property
     def milestone_personal(self) -> str:
         # Hash: canonical name -> the highest personal milestone announced.
         return self.root + "milestone:personal"

@@ -103,6 +103,9 @@ class Shards:
         A single Redis records nothing and checks only that no sharded layout is there.
         """
         key = self.hub.shard_count
+        if self.sharded and await redis.exists(Keys(self.prefix).epoch):
+            # Data of an unsharded deployment from before the layout key: not ours.
+            await redis.set(key, Shards(self.prefix).layout, nx=True)
         if self.sharded:
             await redis.set(key, self.layout, nx=True)
         stored = await redis.get(key)

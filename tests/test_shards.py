@@ -265,3 +265,45 @@ async def test_a_shard_that_cannot_be_reached_shows_its_last_reading(pair) -> No
     fresh._shard_state = primary_down  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
         await fresh.state()
+
+
+async def test_sharding_a_redis_that_holds_unsharded_data_is_refused(redis, prefix) -> None:
+    one = Counter(redis, Shards(prefix, 1))
+    await one.mark_fresh()
+    await one.click(await make_player(one, "ann"), 3, NO_LIMIT)
+    await Shards(prefix, 1).check_layout(redis)
+    with pytest.raises(LayoutMismatch, match="over 1 shard"):
+        await Shards(prefix, 4).check_layout(redis)
+
+
+async def test_a_claim_sent_again_after_a_lost_reply_gets_its_milestone_back(
+    redis, prefix
+) -> None:
+    counter = Counter(redis, Shards(prefix, 4))
+    await counter.mark_fresh()
+    hub = counter.keys
+    claim = [hub.milestone_global, hub.epoch, hub.milestone_claim]
+    assert await counter._milestone_claim(keys=claim, args=["1000", "id-1"]) == b"1000"
+    # The same claim again (what a retry after a lost reply sends): still ours.
+    assert await counter._milestone_claim(keys=claim, args=["1000", "id-1"]) == b"1000"
+    # Anyone else's claim of the same milestone: nothing.
+    assert await counter._milestone_claim(keys=claim, args=["1000", "id-2"]) == 0
+
+
+async def test_a_node_without_the_scripts_gets_them_whole(redis, prefix) -> None:
+    counter = Counter(redis, Shards(prefix, 4))
+    await counter.mark_fresh()
+    ann = await make_player(counter, "ann")
+    await counter.click(ann, 1, NO_LIMIT)
+    await redis.script_flush()  # what a restarted or newly promoted primary has
+    assert (await counter.click(ann, 2, NO_LIMIT)).user == 3
+    assert (await redis.script_exists(counter._click.sha))[0], "EVAL cached it"
+
+
+async def test_deep_leaderboard_pages_are_refused_on_several_shards(pair) -> None:
+    one, four = pair
+    assert (await one.leaderboard(5000, 10))[1] == []  # one shard pages anywhere
+    assert (await four.leaderboard(1990, 10))[1] == []
+    with pytest.raises(ApiError) as info:
+        await four.leaderboard(1995, 10)
+    assert (info.value.status, info.value.code) == (422, "invalid_paging")

@@ -10,8 +10,8 @@ primary must be safe.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -27,20 +27,27 @@ UNSAFE_PREFIX = "allkeys-"
 async def eviction_policy(redis: Redis) -> str | None:
     """Redis's maxmemory-policy, or None when CONFIG is not allowed (some managed Redis).
 
-    On a Redis Cluster every primary is asked (each holds some shards' epoch keys):
-    the first unsafe policy found, else the first primary's.
+    On a Redis Cluster every primary that answers is asked (each holds some shards'
+    epoch keys): the first unsafe policy found, else the first primary's. A primary
+    that is down is skipped (its shards cannot be restored until it is back anyway).
     """
     try:
         if isinstance(redis, RedisCluster):
-            reply = await redis.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+            answers = await asyncio.gather(
+                *(
+                    redis.config_get("maxmemory-policy", target_nodes=node)
+                    for node in redis.get_primaries()
+                ),
+                return_exceptions=True,
+            )
+            replies = [dict(a) for a in answers if not isinstance(a, BaseException)]
+            if not replies:
+                raise next(a for a in answers if isinstance(a, BaseException))
         else:
-            reply = await redis.config_get("maxmemory-policy")
+            replies = [dict(await redis.config_get("maxmemory-policy"))]
     except ResponseError as exc:
         log.warning("cannot read Redis's maxmemory-policy (%s); make sure it is noeviction", exc)
         return None
-    # One node: {name: value}; several: {node: {name: value}}.
-    found: dict[Any, Any] = dict(reply)
-    replies = [r for r in found.values() if isinstance(r, dict)] or [found]
     policies = [
         as_text(value)
         for one in replies

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pymysql
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from redis.exceptions import RedisError
 
 from service.activity import Feed
-from service.connection import connect_redis
+from service.connection import REDIS_ERRORS, connect_redis
 from service.counter import as_text
 from service.logs import configure_logging
 from service.settings import Settings
@@ -36,7 +35,14 @@ from worker.snapshot import Snapshotter
 log = logging.getLogger("worker")
 
 # Failures we expect from the outside world: one log line each, then retry.
-OUTSIDE_ERRORS = (RedisError, pymysql.MySQLError, sqlite3.Error, OSError)
+OUTSIDE_ERRORS: tuple[type[Exception], ...] = (
+    *REDIS_ERRORS,
+    pymysql.MySQLError,
+    sqlite3.Error,
+    OSError,
+)
+SNAPSHOT_ERRORS: tuple[type[Exception], ...] = (*OUTSIDE_ERRORS, LayoutChanged)
+EXPORT_ERRORS: tuple[type[Exception], ...] = (*OUTSIDE_ERRORS, ExportError)
 
 
 def lease_ttl_s(interval_s: float) -> float:
@@ -140,7 +146,7 @@ class Worker:
     async def _stand_down(self, exc: StaleFence) -> None:
         log.warning("a newer fence was claimed in the snapshot store (%s); standing down", exc)
         self._claimed = None
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.lease.release()
         self.lease.lost()
 
@@ -200,14 +206,14 @@ class Worker:
             except StaleFence as exc:
                 await self._stand_down(exc)
                 return
-            except (*OUTSIDE_ERRORS, LayoutChanged) as exc:
+            except SNAPSHOT_ERRORS as exc:
                 await self._failed(exc)
                 return
             if report is None:
                 log.info("snapshot skipped: a restore is pending")
                 return
             self.failures = 0
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.redis.hset(
                     self.keys.snapshot_status,
                     mapping={
@@ -242,7 +248,7 @@ class Worker:
             self.failures,
             backoff,
         )
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.hset(
                 self.keys.snapshot_status,
                 mapping={"failures": self.failures, "last_error": error[:500]},
@@ -283,7 +289,7 @@ class Worker:
                 self.settings.export_format,
                 Path(self.settings.export_dir),
             )
-        except (*OUTSIDE_ERRORS, ExportError) as exc:
+        except EXPORT_ERRORS as exc:
             log.warning("daily export of %s failed: %s", day, exc)
 
     # -- shutdown ------------------------------------------------------------
@@ -312,7 +318,7 @@ async def run(settings: Settings) -> None:
     worker = Worker(settings)
     try:
         policy = await eviction_policy(worker.redis)
-    except RedisError:
+    except REDIS_ERRORS:
         policy = None  # Redis is down: the guard reports it, and checks again before a restore
     if unsafe(policy):
         log.error("refusing to start: %s", refusal(policy or ""))
@@ -324,7 +330,7 @@ async def run(settings: Settings) -> None:
         log.error("refusing to start: %s", exc)
         await worker.redis.aclose()
         sys.exit(2)
-    except RedisError:
+    except REDIS_ERRORS:
         pass  # Redis is down: the instances check the layout before they serve
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -350,7 +356,7 @@ async def check(settings: Settings) -> int:
         alive = await redis.zrangebyscore(keys.workers, int(time.time() * 1000), "+inf")
         ours = [as_text(w) for w in alive if as_text(w).startswith(mine)]
         found = [w for w in ours if await redis.exists(keys.worker_health(w))]
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         print(f"unhealthy: Redis unreachable ({exc})", file=sys.stderr)
         return 1
     finally:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -60,8 +61,13 @@ class Restorer:
 
     async def lost(self) -> list[int]:
         """The shards whose epoch key is missing (lost, or being restored), in order."""
-        present = await asyncio.gather(*(self.redis.exists(k.epoch) for k in self.shards.all()))
-        return [shard for shard, found in enumerate(present) if not found]
+        present = await asyncio.gather(
+            *(self.redis.exists(k.epoch) for k in self.shards.all()), return_exceptions=True
+        )
+        if all(isinstance(found, BaseException) for found in present):
+            raise cast(Exception, present[0])
+        # A shard whose primary is down is not known lost yet: the others go on.
+        return [shard for shard, found in enumerate(present) if found == 0]
 
     async def hub_lost(self) -> bool:
         """On several shards: the hub's epoch is missing. (On one, it is shard 0's.)"""

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from service.breakdown import DIMENSIONS
-from service.counter import Counter, as_text, load_script, utc_day
+from service.connection import REDIS_ERRORS
+from service.counter import Counter, Script, as_text, load_script, utc_day
 from service.errors import ApiError
 from service.keys import Keys
 from service.shards import Shards
@@ -64,9 +64,10 @@ class Snapshotter:
         self._take_cut = load_script(redis, "take_cut")
         self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
-        self._raise_generation = redis.register_script(
+        self._raise_generation = Script(
+            redis,
             "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
-            "redis.call('SET', KEYS[1], ARGV[1]) end"
+            "redis.call('SET', KEYS[1], ARGV[1]) end",
         )
         self.max_inline_users = max_inline_users
         # The first snapshot of this process re-reads the whole stats history;
@@ -96,13 +97,13 @@ class Snapshotter:
         )
         # A shard Redis cannot reach now (its primary is down) is left out, so the other
         # shards' changes still reach SQL; its changes wait in its in-flight set.
-        unreachable = [i for i, cut in enumerate(found) if isinstance(cut, RedisError)]
+        unreachable = [i for i, cut in enumerate(found) if isinstance(cut, REDIS_ERRORS)]
         for outcome in found:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, RedisError):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, REDIS_ERRORS):
                 raise outcome
         cuts = [cut for cut in found if isinstance(cut, Cut)]
         if unreachable and not cuts:
-            raise cast(RedisError, found[unreachable[0]])
+            raise cast(Exception, found[unreachable[0]])
         if unreachable:
             log.warning(
                 "shards left out of this snapshot: %s",

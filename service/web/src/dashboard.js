@@ -595,7 +595,10 @@ function feedText(e) {
     case "join":
       return `${e.username} joined`;
     case "milestone":
-      return `The global count passed ${num(e.value)} (${e.username}'s click)`;
+      // On several shards the sum crossed it, not one player's click: no name.
+      return e.username
+        ? `The global count passed ${num(e.value)} (${e.username}'s click)`
+        : `The global count passed ${num(e.value)}`;
     case "admin":
       return e.action === "delete"
         ? `${e.admin} deleted ${e.username} (had ${num(e.before)}) from ${e.address}`
