@@ -33,6 +33,7 @@ async def eviction_policy(redis: Redis) -> str | None:
     """
     try:
         if isinstance(redis, RedisCluster):
+            await redis.initialize()  # learn the primaries (a no-op once known)
             answers = await asyncio.gather(
                 *(
                     redis.config_get("maxmemory-policy", target_nodes=node)
@@ -42,7 +43,8 @@ async def eviction_policy(redis: Redis) -> str | None:
             )
             replies = [dict(a) for a in answers if not isinstance(a, BaseException)]
             if not replies:
-                raise next(a for a in answers if isinstance(a, BaseException))
+                failed = [a for a in answers if isinstance(a, BaseException)]
+                raise failed[0] if failed else ConnectionError("no Redis Cluster primary")
         else:
             replies = [dict(await redis.config_get("maxmemory-policy"))]
     except ResponseError as exc:
