@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -124,9 +125,14 @@ _DETAILS = {
 }
 
 
+def retry_after_s(wait_s: float) -> float:
+    """The retry hint of a refusal after this wait: it grows with the wait, within bounds."""
+    return min(MAX_RETRY_S, max(MIN_RETRY_S, RETRY_FACTOR * wait_s))
+
+
 def overloaded(reason: str, wait_s: float) -> ApiError:
     """The refusal: 503 `overloaded`, with a retry hint that grows with the wait."""
-    retry = min(MAX_RETRY_S, max(MIN_RETRY_S, RETRY_FACTOR * wait_s))
+    retry = retry_after_s(wait_s)
     detail = _DETAILS.get(
         reason, "This instance is too busy to count your click in time; it was not counted."
     )
@@ -153,6 +159,9 @@ class Admission:
         self.probe = probe or LagProbe(clock=clock)
         self.limit = limit or ControlledDelay(max_wait_s, now=clock())
         self._refusals: dict[str, Any] = {}
+        # A refusal below Socket.IO counts as one at the gate ("backlog").
+        self._shed_refused = metrics.OVERLOAD_REFUSED.labels("backlog")
+        self._shed_overloaded = metrics.REFUSED.labels("overloaded")
 
     @property
     def max_wait_s(self) -> float:
@@ -173,6 +182,18 @@ class Admission:
         if now - arrived > self.limit.allowed_s(now):
             return self.refuse("backlog", now - arrived)
         return None
+
+    def shed(self, arrived: float) -> int:
+        """For a click frame that arrived then, read below Socket.IO (service/shedder.py):
+        0 if it may wait, else its refusal's retry_after_ms (the refusal is counted)."""
+        now = self.clock()
+        wait = now - arrived
+        if wait <= self.limit.allowed_s(now):
+            return 0
+        self.limit.refused(now)
+        self._shed_refused.inc()
+        self._shed_overloaded.inc()
+        return math.ceil(retry_after_s(wait) * 1000)
 
     def check(self, what: str) -> None:
         """Refuse a join or connection while the loop lags more than MAX_WAIT_MS."""
