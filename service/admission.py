@@ -6,7 +6,7 @@ MAX_WAIT_MS. When the queue has not been empty (no clicks waiting, and the event
 loop on time: lag under `target`, a quarter of MAX_WAIT_MS) for a whole `interval`, or
 a click had to be refused within the last interval (frames stand in socket buffers the
 counter's queue never sees), the queue is standing, not absorbing a burst: the wait
-allowed at the door drops to `door` (a twentieth of MAX_WAIT_MS) until an interval
+allowed at the door drops to `door` (a fortieth of MAX_WAIT_MS) until an interval
 passes without either, and the queue is served newest first (older clicks are the
 likeliest to miss their deadline anyway, and their senders the likeliest to have given
 up). As in Netflix's concurrency-limits, the algorithm (`ControlledDelay`)
@@ -43,10 +43,10 @@ from service.errors import ApiError
 PROBE_PERIOD_S = 0.02
 # The allowed wait under a standing queue is MAX_WAIT_MS divided by this.
 TARGET_DIVISOR = 4
-# ...and, at the door, where refusing is cheap, MAX_WAIT_MS divided by this: 25 ms by
-# default, a quarter of the default 100 ms tick. A tick's Redis read waits behind one turn
-# of the loop (about the loop's lag), and a read more than half a tick late loses a tick.
-DOOR_DIVISOR = 20
+# ...and, at the door, where refusing is cheap, MAX_WAIT_MS divided by this: 12.5 ms by
+# default, an eighth of the default 100 ms tick. A tick's Redis read waits behind one turn
+# of the loop (about the loop's lag), and a read half a tick late takes the next tick's id.
+DOOR_DIVISOR = 40
 # A standing queue must last this long before the allowed wait drops (CoDel's interval).
 INTERVAL_S = 0.1
 # Clients are told to come back after this many times the current wait, within bounds.
@@ -165,7 +165,7 @@ class Admission:
     its Redis call is about to be made (`expired`); `served(arrived)` records its wait.
     Joins and connections call `check()`.
 
-    Ticks first: while a queue stands, the door's limit (25 ms by default, a quarter of
+    Ticks first: while a queue stands, the door's limit (12.5 ms by default, an eighth of
     the default tick) keeps the loop's turns short, so that the ticker, which waits
     behind one of them before it reads Redis, reads within its tick.
     """

@@ -46,34 +46,34 @@ def test_allowed_wait_drops_only_after_a_standing_queue() -> None:
     delay = ControlledDelay(0.5, interval_s=0.1, now=now)
     # A queue for less than an interval is a burst: the limit stays.
     assert delay.allowed_s(now + 0.09) == 0.5
-    # Not empty for a whole interval: a standing queue; the door's limit drops to 1/20.
+    # Not empty for a whole interval: a standing queue; the door's limit drops to 1/40.
     assert delay.congested(now + 0.15)
-    assert delay.allowed_s(now + 0.15) == pytest.approx(0.025)
+    assert delay.allowed_s(now + 0.15) == pytest.approx(0.0125)
     # Once the queue is seen empty, back to the full limit.
     delay.empty(now + 0.2)
     assert delay.allowed_s(now + 0.25) == 0.5
     # A refusal keeps the short limit for an interval, queue empty or not.
     delay.refused(now + 0.3)
     delay.empty(now + 0.31)
-    assert delay.allowed_s(now + 0.35) == pytest.approx(0.025)
+    assert delay.allowed_s(now + 0.35) == pytest.approx(0.0125)
     delay.empty(now + 0.42)
     assert delay.allowed_s(now + 0.42) == 0.5
 
 
-def test_under_a_standing_queue_the_door_lets_in_only_what_waited_a_twentieth() -> None:
+def test_under_a_standing_queue_the_door_lets_in_only_what_waited_a_fortieth() -> None:
     clock = Clock()
     admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
-    assert admission.limit.door_s == pytest.approx(0.025)
+    assert admission.limit.door_s == pytest.approx(0.0125)
     # A burst: the door lets a click in up to MAX_WAIT_MS.
     assert admission.shed(clock.now - 0.4) == 0
     assert admission.shed(clock.now - 0.6) > 0
-    # That refusal means a queue stands: now the door's limit is 25 ms.
+    # That refusal means a queue stands: now the door's limit is 12.5 ms.
     assert admission.congested()
-    assert admission.shed(clock.now - 0.02) == 0
-    assert admission.shed(clock.now - 0.03) == 500  # retry_after_ms: at least half a second
-    assert admission.late(clock.now - 0.03) is not None
+    assert admission.shed(clock.now - 0.01) == 0
+    assert admission.shed(clock.now - 0.015) == 500  # retry_after_ms: at least half a second
+    assert admission.late(clock.now - 0.015) is not None
     # An HTTP click meets the door in its handler: refused beyond the door's limit too.
-    admission.probe.previous_lag_s = admission.probe.last_lag_s = 0.03
+    admission.probe.previous_lag_s = admission.probe.last_lag_s = 0.015
     with pytest.raises(ApiError):
         admission.arrive()
 
@@ -81,7 +81,7 @@ def test_under_a_standing_queue_the_door_lets_in_only_what_waited_a_twentieth() 
 def test_past_the_door_a_click_is_refused_only_beyond_max_wait() -> None:
     clock = Clock()
     admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
-    admission.shed(clock.now - 1.0)  # congested: the door's limit is 25 ms
+    admission.shed(clock.now - 1.0)  # congested: the door's limit is 12.5 ms
     assert admission.congested()
     # A websocket click that passed the door and then waited 0.3 s in the loop is served:
     # most of its cost is spent already.
