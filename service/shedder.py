@@ -145,7 +145,7 @@ class _Reader:
                 return
             pos, self.owed = self.owed, 0
         # A peer that does not read its answers keeps the ordinary path, which waits for it.
-        may_shed = protocol.writable.is_set()
+        may_shed = protocol.writable.is_set() and not protocol.transport.is_closing()
         arrived = -1.0  # frames read together arrived together: about now, less the lag
         sent = 0  # everything before this was forwarded or answered
         while pos < size:
@@ -168,13 +168,15 @@ class _Reader:
                 payload = apply_mask(data[pos + 6 : end], data[pos + 2 : pos + 6])
                 click = _CLICK.match(payload)
                 if click is not None and _utf8(payload):
+                    if sent < pos:  # websockets sees what came first: a close, say
+                        self.forward(data[sent:pos])
+                        sent = pos
+                        may_shed = conn.state is State.OPEN
                     admission = self.admission
                     if arrived < 0:
                         arrived = admission.clock() - admission.probe.lag_s()
-                    retry_ms = admission.shed(arrived)
+                    retry_ms = admission.shed(arrived) if may_shed else 0
                     if retry_ms:
-                        if sent < pos:
-                            self.forward(data[sent:pos])
                         protocol.transport.write(ack_frame(click.group(1), retry_ms))
                         sent = end
             else:

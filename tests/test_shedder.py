@@ -212,6 +212,24 @@ async def test_everything_passes_in_one_write_too() -> None:
             writer.close()
 
 
+async def test_nothing_is_answered_after_the_client_closed_in_the_same_read() -> None:
+    refused = metrics.OVERLOAD_REFUSED.labels("backlog")
+    before = refused._value.get()
+    close = Frame(Opcode.CLOSE, (1000).to_bytes(2, "big")).serialize(mask=True)
+    click = _client_frame(Opcode.TEXT, b'427["click",{"n":1}]')
+    async with harness() as server:
+        _lagging(server.admission, 1.0)
+        reader, writer = await _raw_client(server.port)
+        try:
+            writer.write(close + click)
+            rest = await asyncio.wait_for(reader.read(), 5)  # until the server hangs up
+            assert rest[0] == 0x88  # its close frame, and no ack before or after it
+            assert b"overloaded" not in rest
+        finally:
+            writer.close()
+    assert refused._value.get() == before
+
+
 async def test_a_compressed_connection_keeps_the_ordinary_path() -> None:
     async with harness() as server, connect(server.url, compression="deflate") as client:
         _lagging(server.admission, 1.0)
