@@ -73,8 +73,9 @@ class ControlledDelay:
         # The wait allowed at the door under a standing queue (see Admission). When every
         # refusal went through Socket.IO (a third of a served click) and the short limit
         # applied everywhere, a tenth of MAX_WAIT_MS refused nearly all (goodput 1 %); a
-        # refusal at the door now costs a sixth of one, and past the door only MAX_WAIT_MS
-        # applies, so the door can be strict and keep the loop's turns short.
+        # refusal at the door now costs about an eighth of one (README, Benchmarks), and
+        # past the door only MAX_WAIT_MS applies, so the door can be strict and keep the
+        # loop's turns short.
         self.door_s = max_wait_s / DOOR_DIVISOR
         self.interval_s = interval_s
         # When the queue was last seen empty, and when a click last had to be refused.
@@ -288,7 +289,10 @@ class ClickGate:
     connection's queue was empty, so that message arrived about then; a receive that
     found its message already queued means it arrived after the one before it, so it
     keeps that stamp. The gap to now is an upper bound on the wait, as in CoDel's "the
-    queue has not been empty for this long". Refusing here costs a regex and a send.
+    queue has not been empty for this long". Refusing here costs a regex and a send, plus
+    everything uvicorn did to get the message here: a click the shedder could judge
+    (service/shedder.py) was refused before that already; this is the door for the rest
+    (permessage-deflate, wsproto) and stamps the messages the handlers will see.
     """
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
