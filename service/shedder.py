@@ -23,7 +23,8 @@ Written for, and pinned in pyproject.toml to, the versions in `fanout.WRITTEN_FO
 reads these internals, which tests/test_shedder.py checks against the installed ones:
 uvicorn `WebSocketsSansIOProtocol` (`send` bound to it, `.transport`, `.conn`,
 `.close_sent`, `.writable`, and its `data_received` calling `self.conn.receive_data`),
-websockets `ServerProtocol` (`.state`, `.current_size`, `receive_data`). Connections
+websockets `ServerProtocol` (`.state`, `.current_size`, `.reader.buffer`, `receive_data`)
+and `websockets.frames.apply_mask`. Connections
 under any other websocket implementation keep the ClickGate path alone.
 """
 
