@@ -5,19 +5,22 @@ The algorithm is controlled delay with adaptive LIFO, as Facebook's "Fail at Sca
 MAX_WAIT_MS. When the queue has not been empty (no clicks waiting, and the event
 loop on time: lag under `target`, a quarter of MAX_WAIT_MS) for a whole `interval`, or
 a click had to be refused within the last interval (frames stand in socket buffers the
-counter's queue never sees), the queue is standing, not absorbing a burst: the allowed
-wait drops to `target` until an interval passes without either, and the
-queue is served newest first (older clicks are the likeliest to miss their deadline
-anyway, and their senders the likeliest to have given up). As in Netflix's
-concurrency-limits, the algorithm (`ControlledDelay`) is apart from the limiter that
-applies it (`Admission`), so either can be swapped or tested alone.
+counter's queue never sees), the queue is standing, not absorbing a burst: the wait
+allowed at the door drops to `door` (a fortieth of MAX_WAIT_MS) until an interval
+passes without either, and the queue is served newest first (older clicks are the
+likeliest to miss their deadline anyway, and their senders the likeliest to have given
+up). As in Netflix's concurrency-limits, the algorithm (`ControlledDelay`)
+is apart from the limiter that applies it (`Admission`), so either can be swapped or
+tested alone.
 
-A click's wait starts when its frame most likely arrived: `ClickGate` stamps each
+A click's wait starts when its frame most likely arrived: the shedder judges a raw
+frame as it is read (arrived now, less the loop's lag), `ClickGate` stamps each
 websocket message as it is received (frames found already queued inherit the stamp of
 the one before), and `LagProbe`, a timer that notes how late it wakes, measures the
 event loop's lag (used for HTTP clicks and to date a frame the loop was late to see).
 The wait ends with the click's Redis call. A click that has waited longer than
-allowed is refused where it is found (at the gate, in the handler, or in the
+allowed is refused where it is found (at the door: the shedder, the gate or an HTTP
+click's handler; past it, only beyond MAX_WAIT_MS: in the socket handler or the
 counter's queue), from these numbers alone: a refusal never touches Redis.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -39,6 +43,10 @@ from service.errors import ApiError
 PROBE_PERIOD_S = 0.02
 # The allowed wait under a standing queue is MAX_WAIT_MS divided by this.
 TARGET_DIVISOR = 4
+# ...and, at the door, where refusing is cheap, MAX_WAIT_MS divided by this: 12.5 ms by
+# default, an eighth of the default 100 ms tick. A tick's Redis read waits behind one turn
+# of the loop (about the loop's lag), and a read half a tick late takes the next tick's id.
+DOOR_DIVISOR = 40
 # A standing queue must last this long before the allowed wait drops (CoDel's interval).
 INTERVAL_S = 0.1
 # Clients are told to come back after this many times the current wait, within bounds.
@@ -58,10 +66,17 @@ class ControlledDelay:
         self, max_wait_s: float, *, interval_s: float = INTERVAL_S, now: float | None = None
     ) -> None:
         self.max_wait_s = max_wait_s
+        # The loop is on time (a queue may count as empty) while it lags less than this.
         # Facebook uses 5 ms of 100 for RPC queues; a quarter here, because a process on a
-        # CPU quota is held back for tens of ms per period however little it queues, and
-        # a target under that would refuse every click (measured: goodput fell to 1 %).
+        # CPU quota is held back for tens of ms per period however little it queues.
         self.target_s = max_wait_s / TARGET_DIVISOR
+        # The wait allowed at the door under a standing queue (see Admission). When every
+        # refusal went through Socket.IO (a third of a served click) and the short limit
+        # applied everywhere, a tenth of MAX_WAIT_MS refused nearly all (goodput 1 %); a
+        # refusal at the door now costs about an eighth of one (README, Benchmarks), and
+        # past the door only MAX_WAIT_MS applies, so the door can be strict and keep the
+        # loop's turns short.
+        self.door_s = max_wait_s / DOOR_DIVISOR
         self.interval_s = interval_s
         # When the queue was last seen empty, and when a click last had to be refused.
         self.last_empty_s = time.monotonic() if now is None else now
@@ -69,7 +84,8 @@ class ControlledDelay:
 
     def congested(self, now: float) -> bool:
         """True while the queue has not been empty for a whole interval, or a click had to
-        be refused within the last interval (so the short limit holds while it drains)."""
+        be refused within the last interval (so the door's short limit holds while it
+        drains)."""
         return (
             now - self.last_empty_s > self.interval_s or now - self.last_refusal_s < self.interval_s
         )
@@ -79,7 +95,8 @@ class ControlledDelay:
         self.last_refusal_s = now
 
     def allowed_s(self, now: float) -> float:
-        return self.target_s if self.congested(now) else self.max_wait_s
+        """How long a click may have waited when it reaches the door."""
+        return self.door_s if self.congested(now) else self.max_wait_s
 
     def empty(self, now: float) -> None:
         """Nothing is waiting (the click queue is empty and the loop is on time)."""
@@ -124,9 +141,14 @@ _DETAILS = {
 }
 
 
+def retry_after_s(wait_s: float) -> float:
+    """The retry hint of a refusal after this wait: it grows with the wait, within bounds."""
+    return min(MAX_RETRY_S, max(MIN_RETRY_S, RETRY_FACTOR * wait_s))
+
+
 def overloaded(reason: str, wait_s: float) -> ApiError:
     """The refusal: 503 `overloaded`, with a retry hint that grows with the wait."""
-    retry = min(MAX_RETRY_S, max(MIN_RETRY_S, RETRY_FACTOR * wait_s))
+    retry = retry_after_s(wait_s)
     detail = _DETAILS.get(
         reason, "This instance is too busy to count your click in time; it was not counted."
     )
@@ -136,9 +158,17 @@ def overloaded(reason: str, wait_s: float) -> ApiError:
 class Admission:
     """The limiter: decides, from the loop's lag and the algorithm, whether work may wait.
 
-    A click calls `arrive()` when its handler starts (its estimated arrival time, or an
-    `overloaded` ApiError at once), `expired(arrived)` when its Redis call is about to
-    be made, and `served(arrived)` when it is. Joins and connections call `check()`.
+    The algorithm's limit applies at the door, where a refusal costs little: a websocket
+    click's raw frame (`shed`, service/shedder.py), or its message at the ClickGate
+    (`late`), or an HTTP click (`arrive()`). Past the door a click has cost most of what
+    serving it costs, so it is refused only beyond MAX_WAIT_MS: when its handler starts
+    (`arrive(stamp)`, its estimated arrival time, or an `overloaded` ApiError) and when
+    its Redis call is about to be made (`expired`); `served(arrived)` records its wait.
+    Joins and connections call `check()`.
+
+    Ticks first: while a queue stands, the door's limit (12.5 ms by default, an eighth of
+    the default tick) keeps the loop's turns short, so that the ticker, which waits
+    behind one of them before it reads Redis, reads within its tick.
     """
 
     def __init__(
@@ -153,6 +183,9 @@ class Admission:
         self.probe = probe or LagProbe(clock=clock)
         self.limit = limit or ControlledDelay(max_wait_s, now=clock())
         self._refusals: dict[str, Any] = {}
+        # A refusal below Socket.IO counts as one at the gate ("backlog").
+        self._shed_refused = metrics.OVERLOAD_REFUSED.labels("backlog")
+        self._shed_overloaded = metrics.REFUSED.labels("overloaded")
 
     @property
     def max_wait_s(self) -> float:
@@ -160,10 +193,14 @@ class Admission:
 
     def arrive(self, stamp: Arrival | None = None) -> float:
         """The click's estimated arrival time (its connection's stamp, else now less the
-        loop's lag); refuses it if its wait is already too long."""
+        loop's lag); refuses it if its wait is already too long: beyond MAX_WAIT_MS for
+        a websocket click (it passed the door already), beyond the door's limit else."""
         now = self.clock()
-        arrived = stamp.at if stamp is not None else now - self.probe.lag_s()
-        if now - arrived > self.limit.allowed_s(now):
+        if stamp is not None:
+            arrived, allowed = stamp.at, self.max_wait_s
+        else:
+            arrived, allowed = now - self.probe.lag_s(), self.limit.allowed_s(now)
+        if now - arrived > allowed:
             raise self.refuse("lag", now - arrived)
         return arrived
 
@@ -174,6 +211,18 @@ class Admission:
             return self.refuse("backlog", now - arrived)
         return None
 
+    def shed(self, arrived: float) -> int:
+        """For a click frame that arrived then, read below Socket.IO (service/shedder.py):
+        0 if it may wait, else its refusal's retry_after_ms (the refusal is counted)."""
+        now = self.clock()
+        wait = now - arrived
+        if wait <= self.limit.allowed_s(now):
+            return 0
+        self.limit.refused(now)
+        self._shed_refused.inc()
+        self._shed_overloaded.inc()
+        return math.ceil(retry_after_s(wait) * 1000)
+
     def check(self, what: str) -> None:
         """Refuse a join or connection while the loop lags more than MAX_WAIT_MS."""
         lag = self.probe.lag_s()
@@ -181,9 +230,8 @@ class Admission:
             raise self.refuse(what, lag)
 
     def expired(self, arrived: float) -> bool:
-        """True when a queued click has waited longer than it may now."""
-        now = self.clock()
-        return now - arrived > self.limit.allowed_s(now)
+        """True when a queued click has waited longer than MAX_WAIT_MS."""
+        return self.clock() - arrived > self.max_wait_s
 
     def congested(self) -> bool:
         return self.limit.congested(self.clock())
@@ -241,7 +289,10 @@ class ClickGate:
     connection's queue was empty, so that message arrived about then; a receive that
     found its message already queued means it arrived after the one before it, so it
     keeps that stamp. The gap to now is an upper bound on the wait, as in CoDel's "the
-    queue has not been empty for this long". Refusing here costs a regex and a send.
+    queue has not been empty for this long". Refusing here costs a regex and a send, plus
+    everything uvicorn did to get the message here: a click the shedder could judge
+    (service/shedder.py) was refused before that already; this is the door for the rest
+    (permessage-deflate, wsproto) and stamps the messages the handlers will see.
     """
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:

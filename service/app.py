@@ -135,6 +135,10 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     # No on_startup/on_shutdown here: only then does ASGIApp pass the lifespan to Starlette.
     asgi = socketio.ASGIApp(runtime.sio, other_asgi_app=http, socketio_path="socket.io")
 
+    def started(send: Any) -> None:
+        footprint.adopt(send)
+        runtime.shedder.attach(send)
+
     def opened(eio_sid: str, send: Any) -> None:
         runtime.fanout.attach(eio_sid, send)
         footprint.trim(runtime.sio, eio_sid, send)
@@ -142,7 +146,7 @@ def create_app(settings: Settings | None = None) -> SocketJanitor:
     janitor = SocketJanitor(
         ClickGate(asgi, runtime.admission),
         runtime.sio,
-        on_start=footprint.adopt,
+        on_start=started,
         on_open=opened,
         on_close=runtime.fanout.detach,
     )

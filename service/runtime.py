@@ -30,6 +30,7 @@ from service.frames import FrameServer
 from service.loops import Loop
 from service.presence import Presence
 from service.settings import Settings
+from service.shedder import Shedder
 from service.ticker import Ticker
 from service.tokens import Player, TokenSigner
 
@@ -69,6 +70,8 @@ class Runtime:
         self.fanout = Fanout()
         self.admission = Admission(settings.max_wait_ms / 1000)
         self.arrivals: dict[str, Arrival] = {}  # per connection, stamped by the ClickGate
+        # Answers late clicks from their raw websocket frames, before the ClickGate.
+        self.shedder = Shedder(self.admission)
         # Set by the lifespan:
         self.counter: Counter
         self.signer: TokenSigner

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import socketio
+import uvicorn
 
 from service.counter import Counter
 from service.tokens import Player as TokenPlayer
@@ -30,6 +31,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class InProcessServer:
+    """A real uvicorn serving `app` (an ASGI callable) in this event loop, on a free port,
+    with the websocket implementation `ws`: for tests of code that reaches into uvicorn."""
+
+    def __init__(self, ws: str = "websockets-sansio") -> None:
+        self.ws = ws
+        self.port = 0
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Any:
+        self.port = free_port()
+        config = uvicorn.Config(
+            self.app, port=self.port, ws=self.ws, lifespan="off", log_config=None, interface="asgi3"
+        )
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(500):
+            if self.server.started:
+                return self
+            await asyncio.sleep(0.01)
+        raise AssertionError("uvicorn did not start")
+
+    async def stop(self) -> None:
+        assert self.server is not None and self.task is not None
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from service.admission import ARRIVAL_KEY, Admission, ClickGate, ControlledDelay, LagProbe
+from service.admission import (
+    ARRIVAL_KEY,
+    Admission,
+    Arrival,
+    ClickGate,
+    ControlledDelay,
+    LagProbe,
+)
 from service.connection import connect_redis
 from service.counter import Counter
 from service.errors import ApiError
@@ -40,18 +47,52 @@ def test_allowed_wait_drops_only_after_a_standing_queue() -> None:
     delay = ControlledDelay(0.5, interval_s=0.1, now=now)
     # A queue for less than an interval is a burst: the limit stays.
     assert delay.allowed_s(now + 0.09) == 0.5
-    # Not empty for a whole interval: a standing queue; the limit drops to the target.
+    # Not empty for a whole interval: a standing queue; the door's limit drops to 1/40.
     assert delay.congested(now + 0.15)
-    assert delay.allowed_s(now + 0.15) == pytest.approx(0.125)
+    assert delay.allowed_s(now + 0.15) == pytest.approx(0.0125)
     # Once the queue is seen empty, back to the full limit.
     delay.empty(now + 0.2)
     assert delay.allowed_s(now + 0.25) == 0.5
     # A refusal keeps the short limit for an interval, queue empty or not.
     delay.refused(now + 0.3)
     delay.empty(now + 0.31)
-    assert delay.allowed_s(now + 0.35) == pytest.approx(0.125)
+    assert delay.allowed_s(now + 0.35) == pytest.approx(0.0125)
     delay.empty(now + 0.42)
     assert delay.allowed_s(now + 0.42) == 0.5
+
+
+def test_under_a_standing_queue_the_door_lets_in_only_what_waited_a_fortieth() -> None:
+    clock = Clock()
+    admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
+    assert admission.limit.door_s == pytest.approx(0.0125)
+    # A burst: the door lets a click in up to MAX_WAIT_MS.
+    assert admission.shed(clock.now - 0.4) == 0
+    assert admission.shed(clock.now - 0.6) > 0
+    # That refusal means a queue stands: now the door's limit is 12.5 ms.
+    assert admission.congested()
+    assert admission.shed(clock.now - 0.01) == 0
+    assert admission.shed(clock.now - 0.015) == 500  # retry_after_ms: at least half a second
+    assert admission.late(clock.now - 0.015) is not None
+    # An HTTP click meets the door in its handler: refused beyond the door's limit too.
+    admission.probe.previous_lag_s = admission.probe.last_lag_s = 0.015
+    with pytest.raises(ApiError):
+        admission.arrive()
+
+
+def test_past_the_door_a_click_is_refused_only_beyond_max_wait() -> None:
+    clock = Clock()
+    admission = Admission(0.5, clock=clock, probe=LagProbe(clock=clock))
+    admission.shed(clock.now - 1.0)  # congested: the door's limit is 12.5 ms
+    assert admission.congested()
+    # A websocket click that passed the door and then waited 0.3 s in the loop is served:
+    # most of its cost is spent already.
+    assert admission.arrive(Arrival(clock.now - 0.3)) == pytest.approx(clock.now - 0.3)
+    assert not admission.expired(clock.now - 0.49)
+    # Beyond MAX_WAIT_MS it is refused, in the handler and in the counter's queue.
+    assert admission.expired(clock.now - 0.51)
+    with pytest.raises(ApiError) as info:
+        admission.arrive(Arrival(clock.now - 0.51))
+    assert info.value.code == "overloaded"
 
 
 def test_probe_ignores_one_stall_but_not_a_standing_lag() -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
 from service import metrics
 from service.fanout import WRITTEN_FOR, Fanout, text_frame
+from tests.support import InProcessServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,15 +49,12 @@ def test_text_frame_matches_the_websockets_serializer(size: int) -> None:
     assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
-class Harness:
+class Harness(InProcessServer):
     """A real uvicorn serving a bare websocket app that hands each connection to a Fanout."""
 
     def __init__(self, fanout: Fanout, ws: str) -> None:
+        super().__init__(ws)
         self.fanout = fanout
-        self.ws = ws
-        self.port = 0
-        self.server: uvicorn.Server | None = None
-        self.task: asyncio.Task[None] | None = None
 
     async def app(self, scope: dict[str, Any], receive: Callable[..., Any], send: Any) -> None:
         assert scope["type"] == "websocket"
@@ -70,26 +67,6 @@ class Harness:
                 pass
         finally:
             self.fanout.detach(sid)
-
-    async def start(self) -> Harness:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, port=self.port, ws=self.ws, lifespan="off", log_config=None, interface="asgi3"
-        )
-        self.server = uvicorn.Server(config)
-        self.task = asyncio.create_task(self.server.serve())
-        for _ in range(500):
-            if self.server.started:
-                return self
-            await asyncio.sleep(0.01)
-        raise AssertionError("uvicorn did not start")
-
-    async def stop(self) -> None:
-        assert self.server is not None and self.task is not None
-        self.server.should_exit = True
-        await asyncio.wait_for(self.task, 10)
 
     def url(self, sid: str) -> str:
         return f"ws://127.0.0.1:{self.port}/{sid}"
