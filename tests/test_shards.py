@@ -276,9 +276,7 @@ async def test_sharding_a_redis_that_holds_unsharded_data_is_refused(redis, pref
         await Shards(prefix, 4).check_layout(redis)
 
 
-async def test_a_claim_sent_again_after_a_lost_reply_gets_its_milestone_back(
-    redis, prefix
-) -> None:
+async def test_a_claim_sent_again_after_a_lost_reply_gets_its_milestone_back(redis, prefix) -> None:
     counter = Counter(redis, Shards(prefix, 4))
     await counter.mark_fresh()
     hub = counter.keys

@@ -107,8 +107,7 @@ async def test_page_python_socketio_and_raw_engineio_get_the_same_state_bodies(
     # Each client's first state is its welcome: read when it connected, labelled with the
     # tick broadcast before it (Ticker.welcome), so it may be newer than that broadcast.
     by_tick = [
-        {s["tick"]: s for s in states[1:]}
-        for states in (page_states, python.states, raw_states)
+        {s["tick"]: s for s in states[1:]} for states in (page_states, python.states, raw_states)
     ]
     common = set(by_tick[0]) & set(by_tick[1]) & set(by_tick[2])
     assert len(common) >= 5, [sorted(t) for t in by_tick]
