@@ -18,7 +18,7 @@ from service.audit import AuditLog
 from service.bootstrap import check_layout, mark_fresh_start, token_secret
 from service.breakdown import warm_up
 from service.bus import Bus
-from service.connection import connect_redis, ready
+from service.connection import MAX_CONNECTIONS, connect_redis, ready
 from service.counter import Counter
 from service.janitor import SocketJanitor
 from service.logs import configure_logging
@@ -41,7 +41,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     configure_logging(settings.log_level, settings.log_format, instance=runtime.instance_id)
     warm_up()
     async with contextlib.AsyncExitStack() as stack:
-        redis = connect_redis(settings.redis_url)
+        # Each shard may have a click call in flight besides the reads: one more per shard.
+        redis = connect_redis(
+            settings.redis_url, max_connections=MAX_CONNECTIONS + runtime.shards.count
+        )
         stack.push_async_callback(redis.aclose)
         # The loops get connections of their own, so a flood of clicks waiting for the
         # main pool can never delay a tick, a heartbeat or the pub/sub listener.
