@@ -337,6 +337,8 @@ class Counter:
         outcome = as_text(reply[0])
         if outcome == "token":
             raise invalid_token()
+        if outcome == "restoring":
+            raise restoring()
         if outcome == "limit":
             raise count_limit()
         if outcome == "mismatch":
@@ -457,6 +459,7 @@ class Counter:
             # script leaves global milestones to the ticker and never reads it.
             k.milestone_global if not self.shards.sharded else k.milestone_personal,
             k.milestone_personal,
+            k.idempotency_new,
         ]
 
     async def drain(self, timeout_s: float = 5.0) -> None:

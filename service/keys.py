@@ -170,6 +170,16 @@ class Keys:
         # "n:user:global:rank" of the first answer to a player's click batch with this id.
         return f"{self.root}idem:{canon}:{click_id}"
 
+    @property
+    def idempotency_new(self) -> str:
+        # Sorted set: "canon\nid\nfirst answer" of batch ids recorded since the last
+        # snapshot cut, scored by expiry (ms), for SQL; a restore puts them back.
+        return self.root + "idem:new"
+
+    @property
+    def idempotency_inflight(self) -> str:
+        return self.root + "idem:inflight"
+
     def join_rate(self, address: str) -> str:
         # Joins from one address in the current minute; expires 60 s after the first.
         return f"{self.hub_root}joinrate:{address}"

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pymysql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BATCH_ROWS = 1000
 
 
@@ -100,6 +100,8 @@ class Cut:
     milestone_global: int = 0
     # The Redis shard this cut is of (0 on a single Redis).
     shard: int = 0
+    # Click batch ids recorded since the last cut: (canon, id, first answer, expiry ms).
+    idempotency: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -227,6 +229,18 @@ _MIGRATIONS[5] = [
     """{ignore} INTO shard_minutes (shard, minute, clicks) SELECT 0, minute, clicks FROM minutes""",
     """{ignore} INTO shard_breakdowns (shard, day, dimension, value, clicks)
         SELECT 0, day, dimension, value, clicks FROM breakdowns""",
+]
+
+_MIGRATIONS[6] = [
+    # Click batch ids and their first answers (schema 6), so that a batch counted before
+    # a snapshot and sent again after a Redis loss counts once (Store.idempotency).
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        canon VARCHAR(191) {bin} NOT NULL,
+        click_id VARCHAR(64) {bin} NOT NULL,
+        answer VARCHAR(128) NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        PRIMARY KEY (canon, click_id)
+    ){table}""",
 ]
 
 # Columns a version adds to an existing table: (table, column, definition). Added
@@ -489,6 +503,7 @@ class Store:
                 raise RedisWentBack(went_back, {c.shard: c.generation for c in cuts})
             for cut in cuts:
                 self._write_cut(conn, cut, now_ms)
+            cursor.execute(self._sql("DELETE FROM idempotency WHERE expires_ms < %s"), (now_ms,))
             # Shares read in chunks take what makes the sum equal SUM(users) (Cut.global_count).
             unknown = [cut for cut in cuts if cut.global_count is None]
             if unknown:
@@ -521,7 +536,18 @@ class Store:
         return sum(cut.rows for cut in cuts)
 
     def _write_cut(self, conn: Any, cut: Cut, now_ms: int) -> None:
-        """One shard's users, tombstones and shares of the stats (not its totals row)."""
+        """One shard's users, tombstones, batch ids and shares of the stats (not its totals
+        row)."""
+        if cut.idempotency:
+            self._execute_many(
+                conn,
+                self._upsert(
+                    "idempotency",
+                    ("canon", "click_id", "answer", "expires_ms"),
+                    ("canon", "click_id"),
+                ),
+                cut.idempotency,
+            )
         if cut.deleted:
             self._execute_many(
                 conn,
@@ -757,3 +783,17 @@ class Store:
                 "SELECT username, count, updated_at FROM users ORDER BY count DESC, username"
             )
             return [(str(u), int(c), int(t)) for u, c, t in cursor.fetchall()]
+
+    def idempotency(self, now_ms: int) -> list[tuple[str, str, str, int]]:
+        """The click batch ids not yet expired at now_ms: (canon, id, first answer, expiry
+        ms), for a restore to put back beside the counts of the same snapshot."""
+        with self.connect() as conn:
+            cursor = conn.cursor()
+            cursor.execute(
+                self._sql(
+                    "SELECT canon, click_id, answer, expires_ms FROM idempotency"
+                    " WHERE expires_ms > %s"
+                ),
+                (now_ms,),
+            )
+            return [(str(c), str(i), str(a), int(e)) for c, i, a, e in cursor.fetchall()]

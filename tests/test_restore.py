@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -458,3 +459,40 @@ async def test_a_shard_count_change_without_a_full_loss_is_refused(
     await lose_shard(redis, two, 1)
     assert await Restorer(redis, two, store).run(lambda: True, 1) is None
     assert store.totals().shard_count == 4  # type: ignore[union-attr]
+
+
+async def test_a_batch_sent_again_after_a_loss_and_restore_counts_once(
+    counter: Counter, redis: Any, shards: Shards, store: Store
+) -> None:
+    ann = await make_player(counter, "Ann")
+    first = await counter.click(ann, 3, 10_000, click_id="before-snap")
+    await Snapshotter(redis, shards, store).snapshot(fence=1)
+    late = await counter.click(ann, 2, 10_000, click_id="after-snap")  # lost with Redis
+    assert late.user == 5
+    await lose_everything(redis, shards)
+    # Until the restore has put the ids back, a batch with an id waits; none counts.
+    with pytest.raises(ApiError) as waiting:
+        await counter.click(ann, 3, 10_000, click_id="before-snap")
+    assert (waiting.value.status, waiting.value.code) == (503, "restoring")
+    await Restorer(redis, shards, store).run(lambda: True)
+    again = await counter.click(ann, 3, 10_000, click_id="before-snap")
+    assert again.repeated, "counted before the snapshot: the restore remembers it"
+    assert (again.user, again.global_count) == (first.user, first.global_count)
+    # The batch counted after the snapshot was lost with Redis: sent again, it counts once.
+    resent = await counter.click(ann, 2, 10_000, click_id="after-snap")
+    assert not resent.repeated and resent.user == 5
+    assert (await counter.users(["ann"]))[0].count == 5
+    # And the same id with another n is still a mismatch after the restore.
+    with pytest.raises(ApiError) as other_n:
+        await counter.click(ann, 4, 10_000, click_id="before-snap")
+    assert other_n.value.code == "idempotency_mismatch"
+
+
+async def test_expired_batch_ids_leave_the_store(redis: Any, shards: Shards, store: Store) -> None:
+    counter = await fresh(redis, shards)
+    ann = await make_player(counter, "Ann")
+    await counter.click(ann, 1, 10_000, click_id="old")
+    await Snapshotter(redis, shards, store).snapshot(fence=1)
+    now_ms = int(time.time() * 1000)
+    assert [row[:2] for row in store.idempotency(now_ms)] == [("ann", "old")]
+    assert store.idempotency(now_ms + 16 * 60 * 1000) == [], "expired after 15 minutes"

@@ -138,6 +138,7 @@ class Restorer:
             return sum(pending.values())
         if not self.shards.sharded:
             await self._restore_hub(totals, set_epoch=False)  # its epoch is the shard's
+        await self._restore_batch_ids(set(pending))
         evicted = await asyncio.gather(*(self._finish_restore(i, totals) for i in pending))
         log.warning(
             "restore finished",
@@ -224,6 +225,24 @@ class Restorer:
         )
         if set_epoch and int(done):
             log.warning("restored the hub (secret, global milestone memory)")
+
+    async def _restore_batch_ids(self, shards: set[int]) -> int:
+        """Put the snapshot's click batch ids (with their first answers) back on these
+        shards, before their epochs: until then the click script makes a batch with an
+        id wait, so one counted before the loss cannot count again. Returns how many."""
+        now_ms = int(time.time() * 1000)
+        rows = await asyncio.to_thread(self.store.idempotency, now_ms)
+        pipe = self.redis.pipeline(transaction=False)
+        put = 0
+        for canon, click_id, answer, expires_ms in rows:
+            shard = self.shards.of(canon)
+            if shard in shards:
+                key = self.shards.shard(shard).idempotency(canon, click_id)
+                pipe.set(key, answer, px=expires_ms - now_ms, nx=True)
+                put += 1
+        if put:
+            await pipe.execute()
+        return put
 
     async def _finish_restore(self, shard: int, totals: Totals) -> int:
         """Evict dead tokens that clicked since the loss, then set the shard's epoch.

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -136,6 +136,8 @@ class Snapshotter:
                 k.generation,
                 k.inflight_owner,
                 k.milestone_personal,
+                k.idempotency_new,
+                k.idempotency_inflight,
                 *(k.breakdown(dimension, day) for day, dimension in wanted),
             ],
             args=[first, last, self.max_inline_users],
@@ -169,7 +171,9 @@ class Snapshotter:
             )
             users, deleted = await self._read_users_in_chunks(k)
             global_count = None
+        ids = reply[10]
         return Cut(
+            idempotency=[_batch_id(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)],
             global_count=global_count,
             clicks_total=int(reply[2]),
             server_ms=int(reply[3]),
@@ -275,7 +279,12 @@ class Snapshotter:
     async def _drop(self, cut: Cut) -> None:
         k = self.shards.shard(cut.shard)
         await self._drop_cut(
-            keys=[k.inflight_owner, k.dirty_inflight, k.tombstones_inflight],
+            keys=[
+                k.inflight_owner,
+                k.dirty_inflight,
+                k.tombstones_inflight,
+                k.idempotency_inflight,
+            ],
             args=[cut.generation],
         )
 
@@ -365,3 +374,9 @@ class Snapshotter:
                 await self.redis.delete(*stale)
             dropped += len(old) + len(stale)
         return dropped
+
+
+def _batch_id(member: Any, expiry: Any) -> tuple[str, str, str, int]:
+    """(canon, id, first answer, expiry ms) from a member of the idempotency sets."""
+    canon, click_id, answer = as_text(member).split("\n", 2)
+    return canon, click_id, answer, int(float(expiry))

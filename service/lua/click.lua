@@ -10,7 +10,8 @@
 --
 -- KEYS: nonces names board global clicks_total minutes dirty epoch provisional lex
 --       bd_device bd_browser bd_platform bd_country countries milestone_global
---       milestone_personal, then per entry: its rate key and its idempotency key
+--       milestone_personal idempotency_new, then per entry: its rate key and its
+--       idempotency key
 --       (milestone_global is not read when sharded: any key of the shard stands in)
 -- ARGV: limit window_ms idempotency_ttl_ms sharded others, then per entry: canon display
 --       nonce n device browser platform country id ('' when the batch carries no id)
@@ -21,7 +22,7 @@
 --       {'dup', user, global, rank} (the first answer to this id), {'mismatch', first_n},
 --       {'token'}, {'rate', retry_ms} or {'limit'} (the user's count would pass 2^53 - 1);
 --       global and global_milestone are decimal strings (exact past 2^53)
-local COMMON, FIELDS, HEAD = 17, 9, 5
+local COMMON, FIELDS, HEAD = 18, 9, 5
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local idem_ttl = tonumber(ARGV[3])
 local sharded, others = ARGV[4] == '1', tonumber(ARGV[5])
@@ -129,6 +130,11 @@ local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
   end
   -- A batch sent again with its id (after a time-out, a reconnect, another instance)
   -- gets the first answer and counts nothing. The record expires after idem_ttl.
+  -- After a data loss the records come back with the restore: until then a batch
+  -- with an id waits ('restoring'), or one counted before the loss would count again.
+  if id ~= '' and not restored then
+    return {'restoring'}
+  end
   if id ~= '' then
     local first = redis.call('GET', idem_key)
     if first then
@@ -198,8 +204,10 @@ local function click(rate_key, idem_key, canon, display, nonce, n, profile, id)
     end
   end
   if id ~= '' then
-    redis.call('SET', idem_key, string.format('%d:%d:%s:%d', n, tonumber(user), shown, rank),
-      'PX', idem_ttl)
+    local record = string.format('%d:%d:%s:%d', n, tonumber(user), shown, rank)
+    redis.call('SET', idem_key, record, 'PX', idem_ttl)
+    -- For the next snapshot, so a restore can put it back (take_cut.lua).
+    redis.call('ZADD', KEYS[18], now + idem_ttl, canon .. '\n' .. id .. '\n' .. record)
   end
   return {'ok', tonumber(user), shown, rank, global_milestone, personal_milestone}
 end

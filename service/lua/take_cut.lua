@@ -11,12 +11,12 @@
 -- apart from the cuts (it only grows, so a later read is as good).
 --
 -- KEYS: epoch dirty dirty_inflight nonces names board global clicks_total minutes
---       tombstones tombstones_inflight generation inflight_owner milestone_personal,
---       then the breakdown hashes of the days wanted
+--       tombstones tombstones_inflight generation inflight_owner milestone_personal
+--       idempotency_new idempotency_inflight, then the breakdown hashes of the days wanted
 -- ARGV: first_minute last_minute max_users
 -- With more than max_users changed names, reading them all here would block Redis
 -- for seconds: the users are then left out ('large'), for the caller to read in chunks.
-local FIRST_BREAKDOWN = 15
+local FIRST_BREAKDOWN = 17
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'restoring'}
 end
@@ -32,6 +32,13 @@ if redis.call('EXISTS', KEYS[10]) == 1 then
   end
   redis.call('DEL', KEYS[10])
 end
+-- Batch ids recorded since the last cut, with their first answers, until they expire.
+if redis.call('EXISTS', KEYS[15]) == 1 then
+  redis.call('ZUNIONSTORE', KEYS[16], 2, KEYS[16], KEYS[15], 'AGGREGATE', 'MAX')
+  redis.call('DEL', KEYS[15])
+end
+local clock = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', tonumber(clock[1]) * 1000)
 local generation = redis.call('INCR', KEYS[12])
 redis.call('SET', KEYS[13], generation)
 local users, deleted = {}, {}
@@ -85,4 +92,5 @@ return {
   redis.call('HGETALL', KEYS[11]),
   breakdowns,
   generation,
+  redis.call('ZRANGE', KEYS[16], 0, -1, 'WITHSCORES'),
 }

@@ -15,7 +15,7 @@ from typing import Any
 
 from playwright.async_api import WebSocketRoute, expect
 
-from tests.support import Stack
+from tests.support import Stack, eventually
 from tests.system import test_browser
 from tests.system.test_browser import Chrome, button, count_of, join, status, wait_counted
 
@@ -30,11 +30,20 @@ OVERLOADED = {
 }
 
 
-class OverloadedLink:
-    """Answers the first clicks as an overloaded instance would, then loses one ack."""
+RESTORING = {
+    "error": "restoring",
+    "detail": "Counts are being restored from the last snapshot; try again in a moment.",
+}
 
-    def __init__(self, refuse: int) -> None:
-        self.refuse = refuse
+
+class OverloadedLink:
+    """Does to the page's click batches, in turn, what `plan` says: "refuse" (answers
+    `refusal` without reaching the instance), "swallow" (the instance counts it, the ack
+    is lost); every later batch passes."""
+
+    def __init__(self, plan: list[str], refusal: dict[str, Any] = OVERLOADED) -> None:
+        self.plan = plan
+        self.refusal = refusal
         self.clicks: list[dict[str, Any]] = []
         self.swallowed: set[str] = set()
 
@@ -46,10 +55,11 @@ class OverloadedLink:
             if event and json.loads(event.group(2))[0] == "click":
                 self.clicks.append(json.loads(event.group(2))[1])
                 ack_id = event.group(1)
-                if len(self.clicks) <= self.refuse:
-                    ws.send(f"43{ack_id}{json.dumps([OVERLOADED])}")
+                step = self.plan[len(self.clicks) - 1] if len(self.clicks) <= len(self.plan) else ""
+                if step == "refuse":
+                    ws.send(f"43{ack_id}{json.dumps([self.refusal])}")
                     return
-                if len(self.clicks) == self.refuse + 1:
+                if step == "swallow":
                     self.swallowed.add(ack_id)
             server.send(message)
 
@@ -68,7 +78,7 @@ async def test_the_page_rides_out_overload_without_losing_or_doubling(
 ) -> None:
     instance = stack.instance()
     page = await chrome.page(instance)
-    link = OverloadedLink(refuse=2)
+    link = OverloadedLink(["refuse", "refuse", "swallow"])
     await page.context.route_web_socket(re.compile(r".*/socket\.io/.*"), link.route)
     await join(page, "Patient")
 
@@ -91,3 +101,24 @@ async def test_the_page_rides_out_overload_without_losing_or_doubling(
     assert batches[1] == first and batches[2] == first and batches[3] == first, batches
     assert sum(b["n"] for b in batches[3:] if b["id"] != first["id"]) + first["n"] == 8
     assert len({b["id"] for b in batches}) == len(batches) - 3
+
+
+async def test_a_batch_whose_ack_was_lost_keeps_its_id_through_a_restore(
+    stack: Stack, chrome: Chrome
+) -> None:
+    """Counted, its ack lost (Redis went away, say), then answered `restoring`: the page
+    sends the same batch under the same id once the restore is done, and it counts once
+    (the restore puts the batch ids of the snapshot back; tests/test_restore.py)."""
+    instance = stack.instance()
+    page = await chrome.page(instance)
+    link = OverloadedLink(["swallow", "refuse"], refusal=RESTORING)
+    await page.context.route_web_socket(re.compile(r".*/socket\.io/.*"), link.route)
+    await join(page, "Steady")
+    for _ in range(4):
+        await button(page).click()
+    await wait_counted(instance, "Steady", 4, timeout=15)
+    await expect(count_of(page)).to_have_text("4")
+    await eventually(lambda: len(link.clicks) > 2, timeout=15)
+    first = link.clicks[0]
+    assert link.clicks[1] == first and link.clicks[2] == first, link.clicks
+    await wait_counted(instance, "Steady", 4)

@@ -179,8 +179,10 @@ export class Clicker {
       this.queued += backlog; // offline clicks keep their place
       if (fresh) this.on.dropped?.(fresh, "rate"); // over the limit: they do not count
     } else if (code === "restoring" || code === "shutting_down") {
-      this.pausedUntil = this.now() + wait; // refused before counting: send again later
-      this.queued += fresh + backlog;
+      // Refused before counting. Send the same batch again later under the same id: it
+      // may be one counted before a Redis loss, which the restore will remember.
+      this.pausedUntil = this.now() + wait;
+      this.#hold(fresh + backlog, id);
     } else if (code === "overloaded") {
       // Not counted: the server turned it away before Redis. Wait as asked (jittered, so
       // refused pages do not all come back at once), then send the same batch again.
