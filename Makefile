@@ -10,7 +10,7 @@ WEB_SOURCES := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/package.json 
 .PHONY: run test check lint web stack loadtest clean
 
 run: $(STAMP) web ## run the whole thing locally: Redis (embedded unless REDIS_URL), one instance, the worker
-	$(BIN)/clickky run
+	$(BIN)/clickky run $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) web lint ## lint, type-check and run every test against the real services
 	$(BIN)/pytest

@@ -3,9 +3,10 @@
     .venv/bin/python loadtest/scriptcost.py [--users 10000] [--calls 30000] [--n 1 5]
 
 Starts a redis-server of its own on a free port (nothing else runs on it), registers
-users through service.counter, resets INFO commandstats, runs the click script
-`--calls` times (32 in flight), and prints one JSON line per `n` with the
-server-side microseconds per EVALSHA and the memory per registered user. That
+users through service.counter, resets INFO commandstats, sends `--calls` click batches
+(32 in flight, so the counter's queue puts up to 32 in one call of the click script),
+and prints one JSON line per `n` with the server-side microseconds per EVALSHA (per call,
+of up to 32 entries) and the memory per registered user. That
 number bounds how many click events one Redis primary can take per second.
 """
 
@@ -75,7 +76,9 @@ async def measure(url: str, users: int, calls: int, n: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--calls", type=int, default=30_000)
+    parser.add_argument(
+        "--calls", type=int, default=30_000, help="click batches to send (32 in flight)"
+    )
     parser.add_argument("--n", type=int, nargs="+", default=[1, 5])
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="clickky-scriptcost-"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from redis.asyncio import Redis
 
@@ -55,7 +56,7 @@ async def token_secret(settings: Settings, counter: Counter, store: Store) -> st
 
 
 async def check_layout(shards: Shards, redis: Redis) -> None:
-    """Refuse to start (LayoutMismatch, logged) on a Redis laid out with other shards.
+    """End the process (status 2, one log line) on a Redis laid out with other shards.
 
     A Redis that cannot be reached is not checked: the instance starts and answers
     `unavailable` until it returns, as it would without sharding.
@@ -63,8 +64,11 @@ async def check_layout(shards: Shards, redis: Redis) -> None:
     try:
         await shards.check_layout(redis)
     except LayoutMismatch as exc:
+        # Like a bad setting: one line and exit status 2. Raising would end the lifespan
+        # with the server's traceback of it instead.
         log.error("refusing to start: %s", exc)
-        raise
+        logging.shutdown()
+        os._exit(2)
     except REDIS_ERRORS as exc:
         log.warning("shard layout not checked, Redis is unreachable: %s", exc)
 

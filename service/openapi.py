@@ -113,7 +113,7 @@ SCHEMAS: dict[str, Any] = {
         ),
     },
     "State": _object(
-        ["global", "online", "cps", "users", "top", "tick"],
+        ["global", "clicks", "online", "cps", "users", "top", "tick"],
         **{
             "global": {**INT, "description": "sum of every user's count"},
             "clicks": {**INT, "description": "all clicks ever counted (admin edits leave it)"},
@@ -127,10 +127,10 @@ SCHEMAS: dict[str, Any] = {
     "Count": _object(["username", "count"], username=STR, count=INT),
     "Ranked": _object(["rank", "username", "count"], rank=INT, username=STR, count=INT),
     "Ack": _object(
-        ["user", "global", "rank"],
+        ["user", "global"],
         user={**INT, "description": "the player's count"},
         **{"global": INT},
-        rank=INT,
+        rank={**INT, "description": "absent on several shards (Redis Cluster)"},
     ),
 }
 

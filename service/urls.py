@@ -10,8 +10,9 @@ from __future__ import annotations
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 REDIS_FORMS = (
-    "redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path[?db=N] or "
-    "redis+sentinel://[:password@]host:port[,host:port...]/service[/db]"
+    "redis://[[user]:password@]host[:port][/db], rediss://..., unix:///path[?db=N], "
+    "redis+sentinel://[:password@]host:port[,host:port...]/service[/db] or "
+    "redis+cluster://[[user]:password@]host:port[,host:port...]"
 )
 DATABASE_FORMS = "mysql://user[:password]@host[:port]/database or sqlite:///path"
 

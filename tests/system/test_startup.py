@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 
 from worker.stack import plan_environment
 
@@ -55,3 +56,24 @@ def test_log_format_defaults_say_what_each_command_does() -> None:
     assert Settings.from_environ({}).log_format == "json"
     assert plan_environment({}).env["LOG_FORMAT"] == "text"
     assert plan_environment({"LOG_FORMAT": "json"}).env["LOG_FORMAT"] == "json"
+
+
+@pytest.mark.parametrize("entry", ["python -m worker", "uvicorn"])
+def test_a_redis_laid_out_with_other_shards_ends_the_process_with_one_line(
+    entry: str, tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        client.set(prefix + "shards", "16:any")  # what a 16-shard deployment records
+    finally:
+        client.close()
+    env = {**os.environ, "REDIS_URL": redis_url, "KEY_PREFIX": prefix, "REDIS_SHARDS": "4"}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", LOG_FORMAT="text")
+    done = subprocess.run(
+        ENTRY_POINTS[entry], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output
+    refusals = [line for line in output.splitlines() if "16 shard(s)" in line]
+    assert len(refusals) == 1 and "REDIS_SHARDS" in refusals[0], output
