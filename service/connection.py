@@ -3,7 +3,9 @@ redis+cluster:// for a Redis Cluster (redis-py's cluster client)."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -129,6 +131,16 @@ async def ready(client: Redis) -> None:
 _IN_COMMAND: contextvars.ContextVar[bool] = contextvars.ContextVar("in_command", default=False)
 
 
+@contextlib.contextmanager
+def _in_command() -> Iterator[None]:
+    """Marks this task as inside a cluster command (or pipeline) while the block runs."""
+    token = _IN_COMMAND.set(True)
+    try:
+        yield
+    finally:
+        _IN_COMMAND.reset(token)
+
+
 class Cluster(RedisCluster):
     """redis-py's cluster client, except that its own error paths re-learn the slot map
     instead of closing every node's connections.
@@ -142,11 +154,8 @@ class Cluster(RedisCluster):
     """
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        token = _IN_COMMAND.set(True)
-        try:
+        with _in_command():
             return await super().execute_command(*args, **kwargs)
-        finally:
-            _IN_COMMAND.reset(token)
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:
@@ -164,8 +173,5 @@ class _Pipeline(ClusterPipeline):
     """A cluster pipeline whose execution counts as a command (see Cluster.aclose)."""
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        token = _IN_COMMAND.set(True)
-        try:
+        with _in_command():
             return await super().execute(*args, **kwargs)
-        finally:
-            _IN_COMMAND.reset(token)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -47,6 +47,7 @@ SHARD_READ_TIMEOUT_S = 0.5
 # offset + limit rows to be merged, so deep pages would cost every shard's whole board.
 MAX_MERGED_ROWS = 2000
 ANONYMOUS = Profile()
+T = TypeVar("T")
 
 
 class Script(AsyncScript):
@@ -682,34 +683,32 @@ class Counter:
         """
         if not canons:
             return []
-        found: list[Entry] = []
         by_shard: dict[int, list[str]] = {}
         for canon in canons:
             by_shard.setdefault(self.shards.of(canon), []).append(canon)
+        rows: list[tuple[int, Entry]] = []
         for shard, names in by_shard.items():
             k = self.shards.shard(shard)
-            rows = await self._user(keys=[k.names, k.board], args=names)
-            for name, count, rank in rows:
-                entry = Entry(int(rank), as_text(name), int(float(count)))
-                if self.shards.sharded:
-                    entry = Entry(
-                        entry.rank + await self._above(entry.count, shard),
-                        entry.username,
-                        entry.count,
-                    )
-                found.append(entry)
+            for name, count, rank in await self._user(keys=[k.names, k.board], args=names):
+                rows.append((shard, Entry(int(rank), as_text(name), int(float(count)))))
         if not self.shards.sharded:
-            return found
+            return [entry for _, entry in rows]
+        # Who counts more in each other shard, for every user: one pipeline for them all.
+        boards = [k.board for k in self.shards.all()]
+        asks = [
+            (board, entry.count)
+            for shard, entry in rows
+            for i, board in enumerate(boards)
+            if i != shard
+        ]
+        above = await self._piped(asks, lambda pipe, ask: pipe.zcount(ask[0], f"({ask[1]}", "+inf"))
+        others = len(boards) - 1
+        found = []
+        for n, (_, entry) in enumerate(rows):
+            more = sum(int(count) for count in above[n * others : (n + 1) * others])
+            found.append(Entry(entry.rank + more, entry.username, entry.count))
         order = {canon: i for i, canon in enumerate(canons)}
         return sorted(found, key=lambda e: order.get(canonical(e.username), len(order)))
-
-    async def _above(self, count: int, shard: int) -> int:
-        """How many players of the shards other than `shard` count more than `count`."""
-        boards = [k.board for i, k in enumerate(self.shards.all()) if i != shard]
-        above = await self._piped(
-            boards, lambda pipe, board: pipe.zcount(board, f"({count}", "+inf")
-        )
-        return sum(int(a) for a in above)
 
     async def search(self, prefix: str, limit: int) -> list[Entry]:
         """Users whose name starts with prefix (ignoring case), in name order."""
@@ -774,7 +773,7 @@ class Counter:
                 totals[as_text(code)] = totals.get(as_text(code), 0) + int(clicks)
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
-    async def _piped(self, keys: list[str], queue: Callable[[Any, str], Any]) -> list[Any]:
+    async def _piped(self, keys: Sequence[T], queue: Callable[[Any, T], Any]) -> list[Any]:
         """queue(pipeline, key) for every key, then the replies in order: one round trip
         on a single Redis, one per node on a cluster (one connection each, so reads
         that span the shards cannot exhaust the cluster client's per-node pool)."""
@@ -809,20 +808,14 @@ class Counter:
 
         On several shards: every shard's epoch and the hub's.
         """
-        epochs = [k.epoch for k in self.shards.all()]
-        if self.shards.sharded:
-            epochs.append(self.keys.epoch)
         marked = await self._piped(
-            epochs, lambda pipe, key: pipe.set(key, secrets.token_hex(8), nx=True)
+            self.shards.epochs, lambda pipe, key: pipe.set(key, secrets.token_hex(8), nx=True)
         )
         return any(marked)
 
     async def is_restored(self) -> bool:
         """True when every shard (and, on several, the hub) holds the whole truth."""
-        epochs = [k.epoch for k in self.shards.all()]
-        if self.shards.sharded:
-            epochs.append(self.keys.epoch)
-        return all(await self._piped(epochs, lambda pipe, key: pipe.exists(key)))
+        return all(await self._piped(self.shards.epochs, lambda pipe, key: pipe.exists(key)))
 
     # -- worker status, for /readyz and /metrics ----------------------------
     async def snapshot_status(self) -> dict[str, str]:

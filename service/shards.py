@@ -84,6 +84,13 @@ class Shards:
         """Every shard's keys, in shard order."""
         return [self.shard(i) for i in range(self.count)]
 
+    @property
+    def epochs(self) -> list[str]:
+        """The keys that say Redis holds the whole truth: every shard's epoch, and on
+        several shards the hub's (on one, the hub's is the shard's)."""
+        keys = [k.epoch for k in self.all()]
+        return [*keys, self.hub.epoch] if self.sharded else keys
+
     def of(self, canon: str) -> int:
         """The shard of this player (by canonical name)."""
         return shard_of(canon, self.count)
