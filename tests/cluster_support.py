@@ -33,6 +33,7 @@ node would come back as its replica (`restart_empty` refuses that case: use
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -48,10 +49,12 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 SLOTS = 16384
 HOST = "127.0.0.1"
+# Nodes listen from here up; their bus ports (+10000) stay below the ephemeral range.
+FIRST_PORT = 20000
 
 
 def binary(name: str) -> str:
@@ -475,11 +478,15 @@ def _pings(node: Node) -> bool:
 
 
 def _free_ports(count: int) -> list[int]:
-    """Distinct free ports whose cluster bus port (+10000) is free and valid too."""
+    """Distinct free ports, and their cluster bus ports (+10000) free too, all below the
+    kernel's ephemeral range: a port inside it may be handed to some outgoing connection
+    between this check and the node's bind (a bus port once was, and the node aborted)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        ephemeral = int(ranges.read().split()[0])
     ports: list[int] = []
     while len(ports) < count:
-        port = free_port()
-        if port + 10000 <= 65535 and port not in ports and _bindable(port + 10000):
+        port = random.randrange(FIRST_PORT, ephemeral - 10000)
+        if port not in ports and _bindable(port) and _bindable(port + 10000):
             ports.append(port)
     return ports
 
