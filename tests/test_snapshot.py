@@ -183,6 +183,63 @@ async def test_a_large_change_set_is_read_in_chunks_and_keeps_the_invariant(
     assert await inflight(redis, shards) == 0
 
 
+class ClicksBetweenCutAndChunks(Snapshotter):
+    """A snapshotter that runs `between` once its cut of `shard` is taken, before that
+    shard's chunked reads."""
+
+    shard: Any = None
+    between: Any = None
+
+    async def _read_users_in_chunks(self, k: Any) -> Any:
+        if k == self.shard and self.between is not None:
+            await self.between()
+            self.between = None
+        return await super()._read_users_in_chunks(k)
+
+
+async def test_a_large_cut_writes_the_ids_of_batches_its_chunks_counted(
+    counter: Counter, redis: Any, shards: Shards, store: Store
+) -> None:
+    players = [await make_player(counter, f"C{i:02}") for i in range(12)]
+    for p in players:
+        await counter.click(p, 1, 1000, click_id="before")
+    # A player on the same shard as players[0] who does not click before the cut.
+    name = next(
+        f"Idle{i}" for i in range(1000) if shards.of(f"idle{i}") == shards.of(players[0].canon)
+    )
+    idle = await make_player(counter, name)
+    await Snapshotter(redis, shards, store).snapshot(fence=1)
+    for p in players:
+        await counter.click(p, 1, 1000)  # changed: read in chunks by the next cut
+
+    async def between() -> None:
+        # After the cut: a changed player's batch is in the chunk's count, so its id
+        # must be in SQL too; an unchanged player is not read, so neither is its id.
+        await counter.click(players[0], 2, 1000, click_id="between")
+        await counter.click(idle, 4, 1000, click_id="idle")
+
+    snapshotter = ClicksBetweenCutAndChunks(redis, shards, store, max_inline_users=0)
+    snapshotter.shard = shards.keys_of(players[0].canon)
+    snapshotter.between = between
+    await snapshotter.snapshot(fence=2)
+    assert snapshotter.between is None, "the shard's cut was not read in chunks"
+
+    now_ms = int(time.time() * 1000)
+    ids = {(canon, click_id) for canon, click_id, _, _ in store.idempotency(now_ms)}
+    assert (players[0].canon, "between") in ids
+    assert (idle.canon, "idle") not in ids
+    counts = {row.canon: row.count for row in store.users_after("", 1000)}
+    assert counts[players[0].canon] == 4  # 1 + 1 + 2
+    assert counts[idle.canon] == 0
+    assert {(p.canon, "before") for p in players} <= ids
+    # The next cut takes both ids again (an upsert) and the idle player's count.
+    await Snapshotter(redis, shards, store).snapshot(fence=3)
+    ids = {(canon, click_id) for canon, click_id, _, _ in store.idempotency(now_ms)}
+    assert {(players[0].canon, "between"), (idle.canon, "idle")} <= ids
+    counts = {row.canon: row.count for row in store.users_after("", 1000)}
+    assert counts[idle.canon] == 4
+
+
 async def test_thousands_of_deletes_between_snapshots(
     counter: Counter, redis: Any, shards: Shards, store: Store
 ) -> None:

@@ -169,11 +169,13 @@ class Snapshotter:
             log.warning(
                 "large snapshot: reading the changed users in chunks", extra={"shard": shard}
             )
-            users, deleted = await self._read_users_in_chunks(k)
+            users, deleted, later_ids = await self._read_users_in_chunks(k)
             global_count = None
+        else:
+            later_ids = []
         ids = reply[10]
         return Cut(
-            idempotency=[_batch_id(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)],
+            idempotency=[_batch_id(ids[i], ids[i + 1]) for i in range(0, len(ids), 2)] + later_ids,
             global_count=global_count,
             clicks_total=int(reply[2]),
             server_ms=int(reply[3]),
@@ -193,15 +195,28 @@ class Snapshotter:
             shard=shard,
         )
 
-    async def _read_users_in_chunks(self, k: Keys) -> tuple[list[UserRow], list[str]]:
+    async def _read_users_in_chunks(
+        self, k: Keys
+    ) -> tuple[list[UserRow], list[str], list[tuple[str, str, str, int]]]:
+        """The changed users, read a chunk at a time after the cut: (users, deleted, ids).
+
+        A chunk's counts include batches counted since the cut, so the ids of those
+        batches (read with the counts, read_users.lua) go into this snapshot too: SQL
+        must never hold a batch's clicks without its id, or a resend after a Redis loss
+        would count it twice. The ids stay in idem:new, and the next cut writes them
+        again (an upsert).
+        """
         users: list[UserRow] = []
         deleted: list[str] = []
+        ids: list[tuple[str, str, str, int]] = []
         batch: list[str] = []
 
         async def read(canons: list[str]) -> None:
-            rows = await self._read_users(
-                keys=[k.names, k.nonces, k.board, k.milestone_personal], args=canons
+            rows, recorded = await self._read_users(
+                keys=[k.names, k.nonces, k.board, k.milestone_personal, k.idempotency_new],
+                args=canons,
             )
+            ids.extend(_batch_id(recorded[i], recorded[i + 1]) for i in range(0, len(recorded), 2))
             for canon, row in zip(canons, rows, strict=True):
                 if row:
                     users.append(
@@ -219,7 +234,7 @@ class Snapshotter:
                 batch = []
         if batch:
             await read(batch)
-        return users, deleted
+        return users, deleted, ids
 
     async def snapshot(self, fence: int) -> Report | None:
         """Take one snapshot under this fence; None when every shard's restore is pending.
