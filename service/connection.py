@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError, TimeoutError
 
@@ -64,8 +65,46 @@ def connect_redis(
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=5, **_options(retry)
     )
+    pool.connection_class = guarded(pool.connection_class)  # whichever the URL chose
     # from_pool: the client owns the pool, so aclose() closes its connections too.
     return Redis.from_pool(pool)
+
+
+class _WriteGuard(AbstractConnection):
+    """A write to a connection that is already closed raises ConnectionError.
+
+    redis-py catches only OSError there, and two other errors get through: under uvloop
+    (uvicorn's loop) a closed transport raises RuntimeError ("unable to perform operation
+    on <TCPTransport closed=True>; the handler is closed", MagicStack/uvloop#506), and a
+    connection that another task disconnected while this one waited to write (the cluster
+    client does that when a node dies) raises AttributeError on its dropped writer. The
+    caller then saw an unexpected error instead of "unavailable", and the broken
+    connection went back to the pool. Both are raised before anything is written, so the
+    command did not run.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RuntimeError, AttributeError) as exc:
+            closed = isinstance(exc, RuntimeError) and "closed" in str(exc)
+            if not closed and self._writer is not None:
+                raise
+            await self.disconnect(nowait=True)
+            raise ConnectionError(
+                f"Error writing to Redis: the connection closed ({exc})"
+            ) from None
+
+
+_GUARDED: dict[type, type] = {}
+C = TypeVar("C", bound=AbstractConnection)
+
+
+def guarded(cls: type[C]) -> type[C]:
+    """`cls` (a redis-py connection class) with _WriteGuard's handling of closed writes."""
+    if cls not in _GUARDED:
+        _GUARDED[cls] = type(cls.__name__, (_WriteGuard, cls), {"__doc__": _WriteGuard.__doc__})
+    return _GUARDED[cls]
 
 
 def _sentinel_client(url: str, retry: bool) -> Redis:
@@ -86,7 +125,13 @@ def _sentinel_client(url: str, retry: bool) -> Redis:
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password[0]
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
-    client: Redis = sentinel.master_for(service, db=db, password=password, **_options(retry))
+    client: Redis = sentinel.master_for(
+        service,
+        db=db,
+        password=password,
+        connection_class=guarded(SentinelManagedConnection),
+        **_options(retry),
+    )
     return client
 
 
@@ -113,6 +158,11 @@ def _cluster_client(url: str, retry: bool, max_connections: int) -> Redis:
         require_full_coverage=False,
         **options,
     )
+    # The nodes it knows now and those it learns later (it builds them from these kwargs).
+    connection_class = guarded(client.connection_kwargs["connection_class"])
+    client.connection_kwargs["connection_class"] = connection_class
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = connection_class
     # The callers treat it as a Redis: same commands, same script objects.
     return client  # type: ignore[return-value]
 
