@@ -283,9 +283,13 @@ async def readyz(request: Request) -> Response:
         current = await asyncio.wait_for(rt.counter.state(), timeout=2)
         body["redis"] = "ok"
         body["restore"] = "done" if current.restored else "in_progress"
-        # Not a reason to leave the load balancer: every instance sees the same shards.
+        # Not a reason to leave the load balancer: every instance sees the same shards
+        # (and the same hub, whose keys, the snapshot status among them, are then unread).
         body["shards_unreachable"] = current.unreachable
-        body["snapshot"] = _snapshot_view(await rt.counter.snapshot_status(), current.server_ms)
+        body["hub"] = "unreachable" if current.hub_unreachable else "ok"
+        if not current.hub_unreachable:
+            status = await rt.counter.snapshot_status()
+            body["snapshot"] = _snapshot_view(status, current.server_ms)
     except UNREACHABLE as exc:
         body["redis"] = f"unreachable: {exc}"
         problems.append(f"Redis is unreachable ({exc})")
@@ -307,20 +311,23 @@ async def metrics_endpoint(request: Request) -> Response:
     cluster: dict[str, float | None] = {}
     try:
         current = await asyncio.wait_for(rt.counter.state(), timeout=2)
-        status = await rt.counter.snapshot_status()
-        view = _snapshot_view(status, current.server_ms)
         cluster = {
             "global_clicks": current.global_count,
             "users": current.users,
             "online": current.online,
             "restored": 1 if current.restored else 0,
-            "snapshot_age_seconds": view["age_s"],
-            "snapshot_duration_seconds": view["duration_s"],
-            "snapshot_rows": view["rows"],
-            "snapshot_failures": view["failures"],
-            "workers_alive": await rt.counter.workers_alive(),
             "shards_unreachable": current.unreachable,
+            "hub_unreachable": 1 if current.hub_unreachable else 0,
         }
+        if not current.hub_unreachable:
+            view = _snapshot_view(await rt.counter.snapshot_status(), current.server_ms)
+            cluster.update(
+                snapshot_age_seconds=view["age_s"],
+                snapshot_duration_seconds=view["duration_s"],
+                snapshot_rows=view["rows"],
+                snapshot_failures=view["failures"],
+                workers_alive=await rt.counter.workers_alive(),
+            )
     except UNREACHABLE:
         metrics.REDIS_ERRORS.labels("metrics").inc()
     body, content_type = metrics.render(

@@ -4,6 +4,11 @@ An event is delivered to this instance's clients first, then published; every
 listener skips its own messages (the python-socketio pattern). Each instance
 also publishes a ping and expects to hear it back: a listener that is
 subscribed but deaf shows as down in /readyz and /metrics.
+
+On a Redis Cluster the channel is classic pub/sub, which the cluster forwards to every
+node: the bus needs one live node, not the channel's slot owner (the hub's primary).
+Each instance subscribes, pings and publishes on one node, and moves to the next node
+when that one fails, so losing any one node costs the events a reconnection.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from service import metrics
 from service.junk import JUNK, Junk
@@ -58,6 +65,10 @@ class Bus:
         self.last_echo = 0.0
         # Called on every (re)subscription; the Loop running listen() marks itself healthy.
         self.on_subscribed: Callable[[], None] = lambda: None
+        # On a cluster: the node the subscription is on (publish uses it too), and how
+        # many nodes were tried, so a failed node is followed by the next one.
+        self.node: ClusterNode | None = None
+        self._tries = zlib.crc32(host_id.encode())  # instances start on different nodes
 
     @property
     def healthy(self) -> bool:
@@ -69,11 +80,35 @@ class Bus:
         """Deliver locally, then to the other instances."""
         await self.deliver(event, data, room)
         message = encode_message(self.host_id, event, data, room)
-        await self.publisher.publish(self.channel, message)
+        await self._publish(self.publisher, message)
+
+    async def _publish(self, client: Redis, message: str) -> None:
+        """PUBLISH on the subscription's node on a cluster, else as usual."""
+        node = self.node
+        if node is not None and isinstance(client, RedisCluster):
+            target = client.get_node(host=node.host, port=node.port)
+            if target is not None:
+                await client.execute_command("PUBLISH", self.channel, message, target_nodes=target)
+                return
+        await client.publish(self.channel, message)
+
+    def _next_node(self) -> ClusterNode | None:
+        """On a cluster, the next node (primary or replica) to subscribe on, else None."""
+        if not isinstance(self.redis, RedisCluster):
+            return None
+        nodes = sorted(self.redis.get_nodes(), key=lambda n: n.name)
+        if not nodes:
+            return None  # the slot map is not known yet: the channel's own node
+        self._tries += 1
+        return nodes[self._tries % len(nodes)]
 
     async def listen(self) -> None:
         """Subscribe and dispatch until the connection fails; the caller's Loop retries."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.node = self._next_node()
+        if self.node is not None:
+            pubsub = self.redis.pubsub(node=self.node, ignore_subscribe_messages=True)
+        else:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
             self.subscribed = True
@@ -85,7 +120,7 @@ class Bus:
                 now = time.monotonic()
                 if now >= next_ping:
                     ping = {"host": self.host_id, "ping": now}
-                    await self.redis.publish(self.channel, json.dumps(ping))
+                    await self._publish(self.redis, json.dumps(ping))
                     next_ping = now + self.ping_interval_s
                 message = await pubsub.get_message(timeout=self.ping_interval_s / 4)
                 if message is not None:

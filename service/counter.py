@@ -88,6 +88,11 @@ def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _monotonic_ms() -> int:
+    """This host's monotonic clock in ms: elapsed time that a clock step cannot bend."""
+    return int(time.monotonic() * 1000)
+
+
 def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     """[name, score, name, score, ...] from WITHSCORES into (name, int count) pairs."""
     return [(as_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
@@ -153,6 +158,9 @@ class State:
     hub_restored: bool = True
     # Shards shown as last read because their primary could not be reached.
     unreachable: int = 0
+    # On several shards: the hub's primary could not be reached, so online, the clock
+    # and server_ms are its last reading moved on by this host's clock (Counter.state).
+    hub_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,8 @@ class Counter:
         self._shard_globals: list[int] = peer._shard_globals if peer else [0] * shards.count
         # Each shard's last tick reading, shown while its primary cannot be reached.
         self._last_parts: list[Any] = peer._last_parts if peer else [None] * shards.count
+        # The hub's last tick reading and this host's time of it (ms), for the same use.
+        self._last_hub: list[tuple[Any, int]] = peer._last_hub if peer else []
         self._fanout: asyncio.Semaphore = peer._fanout if peer else asyncio.Semaphore(FANOUT_CALLS)
         # The highest global milestone known to be claimed (claim_global_milestone).
         self._milestone_known = 0
@@ -570,7 +580,7 @@ class Counter:
             self._shard_globals[:] = state.shard_globals
             return state
         reply, *read = await asyncio.gather(
-            hub_call,
+            asyncio.wait_for(hub_call, SHARD_READ_TIMEOUT_S),
             *(
                 asyncio.wait_for(
                     self._fanned(
@@ -585,8 +595,13 @@ class Counter:
             ),
             return_exceptions=True,
         )
-        if isinstance(reply, BaseException):
+        hub_unreachable = isinstance(reply, (*REDIS_ERRORS, TimeoutError)) and bool(self._last_hub)
+        if hub_unreachable:
+            reply = self._hub_estimate(floor_ms)
+        elif isinstance(reply, BaseException):
             raise reply
+        else:
+            self._last_hub[:] = [(reply, _monotonic_ms())]
         # A shard whose primary cannot be reached shows its last reading, so everyone
         # else's clicks keep moving the ticks (its own players get `unavailable`).
         parts, unreachable = [], 0
@@ -612,7 +627,22 @@ class Counter:
             shard_globals=shard_globals,
             hub_restored=bool(reply[4]),
             unreachable=unreachable,
+            hub_unreachable=hub_unreachable,
         )
+
+    def _hub_estimate(self, floor_ms: int) -> list[Any]:
+        """The hub's last state.lua reply, its clocks moved on by the time since on this host.
+
+        Losing the hub's primary then freezes the online count, not every tick: tick ids
+        stay monotonic (never below floor_ms) and within this host's clock drift of what
+        the other instances use, and the shards' counts keep moving.
+        """
+        last, read_ms = self._last_hub[0]
+        elapsed = max(0, _monotonic_ms() - read_ms)
+        reply = list(last)
+        reply[5] = int(last[5]) + elapsed
+        reply[7] = max(floor_ms, int(last[7]) + elapsed)
+        return reply
 
     async def claim_global_milestone(self, state: State) -> int:
         """On several shards: the global milestone this state reached first, or 0.
@@ -621,7 +651,12 @@ class Counter:
         compare-and-set on the hub, so one instance announces it, once. On a single
         Redis the click script does this itself and this returns 0.
         """
-        if not self.shards.sharded or not state.restored or not state.hub_restored:
+        if (
+            not self.shards.sharded
+            or not state.restored
+            or not state.hub_restored
+            or state.hub_unreachable
+        ):
             return 0
         reached = _power_of_ten(state.global_count, 1000)
         if reached <= self._milestone_known:

@@ -135,6 +135,8 @@ _CLUSTER_HELP = {
     "workers_alive": "Worker processes with a live health key.",
     "shards_unreachable": "Shards whose Redis primary this instance cannot reach (shown as"
     " last read; their players get unavailable).",
+    "hub_unreachable": "1 when the hub's Redis primary cannot be reached: online is frozen,"
+    " joins get unavailable, and the snapshot and worker gauges are not reported.",
 }
 FANOUT_SECONDS = Histogram(
     "clickky_fanout_seconds",

@@ -405,7 +405,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {
             **_ok("ready", {"type": "object"}),
             **_errors(
-                {"503": "not_ready (the body also carries redis, pubsub, restore, snapshot)"}
+                {
+                    "503": "not_ready (the body also carries redis, pubsub, restore,"
+                    " snapshot, shards_unreachable, hub)"
+                }
             ),
         },
     },

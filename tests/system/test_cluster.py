@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -264,29 +265,56 @@ async def test_exact_counts_on_three_masters(
 # -- a master lost -----------------------------------------------------------------
 
 
-def victim_for(cluster: Cluster, shards: Shards) -> Node:
-    """A master that holds shards but not the hub's slot nor the layout key's."""
+def victim_for(cluster: Cluster, shards: Shards, hub: bool = False) -> Node:
+    """A master that holds shards: the hub's, or one without the hub's slot nor the layout
+    key's."""
     owners = cluster.owners()
     spared = {owners[slot_of(shards.hub.root)], owners[slot_of(shards.hub.shard_count)]}
-    victim = next(m for m in cluster.masters() if m not in spared)
+    if hub:
+        victim = owners[slot_of(shards.hub.root)]
+    else:
+        victim = next(m for m in cluster.masters() if m not in spared)
     assert any(owners[slot_of(k.root)] is victim for k in shards.all())
     return victim
 
 
+async def readiness(instances: Sequence[Instance]) -> list[tuple[int, dict[str, Any]]]:
+    """Each instance's /readyz: (status, body)."""
+    seen = []
+    for instance in instances:
+        async with httpx.AsyncClient(base_url=instance.url, timeout=5) as client:
+            response = await client.get("/readyz")
+            seen.append((response.status_code, response.json()))
+    return seen
+
+
+async def _all_ready(instances: Sequence[Instance], hub_unreachable: bool) -> Any:
+    """Every instance's /readyz is 200, its pub/sub ok and its hub as expected (or None)."""
+    seen = await readiness(instances)
+    expected = "unreachable" if hub_unreachable else "ok"
+    good = all(
+        status == 200 and body["pubsub"] == "ok" and body["hub"] == expected
+        for status, body in seen
+    )
+    return seen if good else None
+
+
+@pytest.mark.parametrize("hub", [False, True], ids=["shards-master", "hub-master"])
 async def test_a_master_lost_and_restarted_empty(
-    clusters: Callable[..., Cluster], stack: Stack, mysql_url: str
+    clusters: Callable[..., Cluster], stack: Stack, mysql_url: str, hub: bool
 ) -> None:
     """SIGKILL a master (no replica) under load, restart it empty, let the worker restore.
 
     While it is down its players get `unavailable` and the others play on; after the
     restart the worker restores that master's shards only, adding the snapshot to what
     was counted since. What is lost is what was acked after that shard's last snapshot.
-    The victim is a master without the hub's slot: losing the hub (ticks, presence, the
-    worker's lease) is another scenario than losing players' shards.
+    Run twice: on a master without the hub's slot, and on the hub's master (clock,
+    presence, the events channel's slot, the worker's lease). Losing the hub freezes the
+    online count, but the ticks, the events and every instance's readiness carry on.
     """
     cluster = clusters(masters_count=3)
     game = await start_game(cluster, stack, mysql_url)
-    victim = victim_for(cluster, game.shards)
+    victim = victim_for(cluster, game.shards, hub=hub)
     lost_players = game.on(victim)
     lost_shards = sorted({c.shard for c in lost_players})
     kept_players = [c for c in game.clickers if c not in lost_players]
@@ -300,6 +328,11 @@ async def test_a_master_lost_and_restarted_empty(
         killed_at = time.monotonic()
         cluster.kill(victim)
         await asyncio.to_thread(cluster.wait_failed, victim)
+        # Every instance stays ready (its events bus moves to a live node), and says
+        # whether it reads the hub.
+        ready = await eventually(
+            lambda: _all_ready(game.instances, hub_unreachable=hub), timeout=10
+        )
         await asyncio.sleep(1)
         # Nothing of the lost shards can be snapshotted now: SQL holds what a restore adds.
         _, snapshot = await asyncio.to_thread(game.sql)
@@ -321,8 +354,9 @@ async def test_a_master_lost_and_restarted_empty(
         1 for c in kept_players for t in c.player.state_times if down[0] + 0.5 < t < down[1]
     )
     print(
-        f"master lost: {lost} acked clicks lost on shards {lost_shards}, of {recent} acked in"
-        f" the last {SNAPSHOT_S + 0.5} s; the kept players got {ticks} ticks while it was down"
+        f"{'hub ' if hub else ''}master lost: {lost} acked clicks lost on shards {lost_shards},"
+        f" of {recent} acked in the last {SNAPSHOT_S + 0.5} s; the kept players got {ticks}"
+        f" ticks while it was down; /readyz then: {ready}"
     )
     # The other masters' players played on, every click counted: while it was down,
     # and while it came back.
