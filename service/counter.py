@@ -43,8 +43,8 @@ FANOUT_CALLS = 16
 # A shard's part of a tick that takes longer is shown as last read: a primary that
 # hangs (not one that refuses) would otherwise hold every tick for the socket timeout.
 SHARD_READ_TIMEOUT_S = 0.5
-# How deep the leaderboard pages on several shards: each shard sends its first
-# offset + limit rows to be merged, so deep pages would cost every shard's whole board.
+# Leaderboard pages this shallow are merged from each shard's first offset + limit rows;
+# deeper ones are found by bisection on the counts (Counter._deep_page).
 MAX_MERGED_ROWS = 2000
 ANONYMOUS = Profile()
 T = TypeVar("T")
@@ -671,22 +671,19 @@ class Counter:
     async def leaderboard(self, offset: int, limit: int) -> tuple[int, list[Entry]]:
         """One page of the leaderboard and the number of players, ranks shared by equal counts.
 
-        On several shards each shard's first offset + limit rows are merged: everyone above
-        the page's first row is among them, so its rank is counted from the merge.
+        On several shards the order is count descending, then shard, then name descending
+        (ZREVRANGE's order within a shard): equal counts share a rank, whatever their order.
+        A page within the first MAX_MERGED_ROWS rows merges each shard's first
+        offset + limit rows; a deeper one is found by bisection (_deep_page).
         """
         if not self.shards.sharded:
             total, first_rank, flat = await self._leaderboard(
                 keys=[self.keys.board], args=[offset, limit]
             )
             rows = _pairs(flat)
+        elif offset + limit > MAX_MERGED_ROWS:
+            total, first_rank, rows = await self._deep_page(offset, limit)
         else:
-            if offset + limit > MAX_MERGED_ROWS:
-                raise ApiError(
-                    422,
-                    "invalid_paging",
-                    f"With several shards the leaderboard pages through its first"
-                    f" {MAX_MERGED_ROWS:,} rows only; search for a player by name instead.",
-                )
             parts = await asyncio.gather(
                 *(
                     self._fanned(self._leaderboard(keys=[k.board], args=[0, offset + limit]))
@@ -709,6 +706,54 @@ class Counter:
                 rank = offset + i + 1
             entries.append(Entry(rank, name, count))
         return int(total), entries
+
+    async def _deep_page(self, offset: int, limit: int) -> tuple[int, int, list[tuple[str, int]]]:
+        """(players, rank of the first row, rows) of a page at any depth on several shards.
+
+        The count c of the row at `offset` is the least c that at most `offset` players
+        exceed: a bisection on c, each step one ZCOUNT per shard in one pipeline (about
+        log2 of the top count steps: 20 for a million clicks). Each shard is then read
+        from its own position of that row: past the players who count more than c, and
+        past its players with c that come before the row in shard order. The merge of
+        those reads is the page. Clicks between the steps shift a deep page by a row or
+        so, as they shift any page between two requests.
+        """
+        boards = [k.board for k in self.shards.all()]
+
+        async def counting(low: int, high: float) -> list[int]:
+            """Players of each shard with low < count <= high."""
+            replies = await self._piped(boards, lambda pipe, b: pipe.zcount(b, f"({low}", high))
+            return [int(n) for n in replies]
+
+        totals = [int(n) for n in await self._piped(boards, lambda pipe, b: pipe.zcard(b))]
+        total = sum(totals)
+        if offset >= total:
+            return total, 0, []
+        tops = await self._piped(boards, lambda pipe, b: pipe.zrevrange(b, 0, 0, withscores=True))
+        low, high = 0, max(int(top[0][1]) for top in tops if top)
+        while low < high:  # the least c with sum(more than c) <= offset
+            middle = (low + high) // 2
+            if sum(await counting(middle, float("inf"))) <= offset:
+                high = middle
+            else:
+                low = middle + 1
+        c = low
+        above = await counting(c, float("inf"))
+        equal = await counting(c - 1, c)
+        skip = min(max(0, offset - sum(above)), sum(equal))  # of the ties, in shard order
+        starts = []
+        for more, ties in zip(above, equal, strict=True):
+            taken = min(skip, ties)
+            starts.append(more + taken)
+            skip -= taken
+        reads = await self._piped(
+            list(zip(boards, starts, strict=True)),
+            lambda pipe, at: pipe.zrevrange(at[0], at[1], at[1] + limit - 1, withscores=True),
+        )
+        rows = _merge_top([[(as_text(n), int(k)) for n, k in read] for read in reads], limit)
+        first = rows[0][1] if rows else c
+        first_rank = 1 + sum(above if first == c else await counting(first, float("inf")))
+        return total, first_rank, rows
 
     async def users(self, canons: list[str]) -> list[Entry]:
         """Rank, display name and count for the users that exist among these names.
@@ -865,9 +910,10 @@ class Counter:
 
 
 def _merge_top(tops: list[list[tuple[str, int]]], n: int) -> list[tuple[str, int]]:
-    """The first n of several (name, count) lists each ordered as ZREVRANGE orders
-    (count, then name, both descending), in that same order."""
-    merged = heapq.merge(*tops, key=lambda row: (row[1], row[0].encode()), reverse=True)
+    """The first n of the shards' (name, count) lists, each in ZREVRANGE's order, by count
+    descending, then shard (heapq.merge is stable: equal counts keep the lists' order),
+    then each list's own order. Every page of the leaderboard uses this order."""
+    merged = heapq.merge(*tops, key=lambda row: row[1], reverse=True)
     return list(itertools.islice(merged, n))
 
 
