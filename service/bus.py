@@ -128,6 +128,7 @@ class Bus:
                 metrics.PUBSUB_UP.set(1 if self.healthy else 0)
         finally:
             self.subscribed = False
+            self.node = None  # until the next node answers, publish as the client routes it
             metrics.PUBSUB_UP.set(0)
             # Bounded: a half-dead connection must not hold up a shutdown.
             with contextlib.suppress(Exception):

@@ -70,30 +70,26 @@ def connect_redis(
     return Redis.from_pool(pool)
 
 
-class _WriteGuard(AbstractConnection):
-    """A write to a connection that is already closed raises ConnectionError.
+class WriteGuard(AbstractConnection):
+    """A redis-py connection whose write on a closed connection raises ConnectionError."""
 
-    redis-py catches only OSError there, and two other errors get through: under uvloop
-    (uvicorn's loop) a closed transport raises RuntimeError ("unable to perform operation
-    on <TCPTransport closed=True>; the handler is closed", MagicStack/uvloop#506), and a
-    connection that another task disconnected while this one waited to write (the cluster
-    client does that when a node dies) raises AttributeError on its dropped writer. The
-    caller then saw an unexpected error instead of "unavailable", and the broken
-    connection went back to the pool. Both are raised before anything is written, so the
-    command did not run.
-    """
-
+    # redis-py turns only OSError into ConnectionError there, and two other errors got
+    # through to the caller as unexpected errors (a click answered `internal`, not
+    # `unavailable`, when a cluster master died): uvloop's RuntimeError on a closed
+    # transport (MagicStack/uvloop#506), and the AttributeError of a writer that another
+    # task's disconnect dropped while this one waited to write. Both come before anything
+    # is written, so the command did not run; redis-py has disconnected the connection.
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)
-        except (RuntimeError, AttributeError) as exc:
-            closed = isinstance(exc, RuntimeError) and "closed" in str(exc)
-            if not closed and self._writer is not None:
+        except RuntimeError as exc:
+            if "closed" not in str(exc):
                 raise
-            await self.disconnect(nowait=True)
-            raise ConnectionError(
-                f"Error writing to Redis: the connection closed ({exc})"
-            ) from None
+            raise ConnectionError(f"Error writing to Redis: {exc}") from None
+        except AttributeError as exc:
+            if exc.obj is not None or exc.name not in ("write", "writelines", "drain"):
+                raise
+            raise ConnectionError("Error writing to Redis: the connection was closed") from None
 
 
 _GUARDED: dict[type, type] = {}
@@ -101,9 +97,9 @@ C = TypeVar("C", bound=AbstractConnection)
 
 
 def guarded(cls: type[C]) -> type[C]:
-    """`cls` (a redis-py connection class) with _WriteGuard's handling of closed writes."""
+    """`cls` (a redis-py connection class) with WriteGuard's handling of closed writes."""
     if cls not in _GUARDED:
-        _GUARDED[cls] = type(cls.__name__, (_WriteGuard, cls), {"__doc__": _WriteGuard.__doc__})
+        _GUARDED[cls] = type(f"Guarded{cls.__name__}", (WriteGuard, cls), {})
     return _GUARDED[cls]
 
 

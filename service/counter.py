@@ -93,6 +93,12 @@ def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+async def _stamped(call: Awaitable[T]) -> tuple[T, int]:
+    """The call's reply and _monotonic_ms() when it came."""
+    reply = await call
+    return reply, _monotonic_ms()
+
+
 def _pairs(flat: list[Any]) -> list[tuple[str, int]]:
     """[name, score, name, score, ...] from WITHSCORES into (name, int count) pairs."""
     return [(as_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
@@ -579,8 +585,8 @@ class Counter:
             )
             self._shard_globals[:] = state.shard_globals
             return state
-        reply, *read = await asyncio.gather(
-            asyncio.wait_for(hub_call, SHARD_READ_TIMEOUT_S),
+        hub, *read = await asyncio.gather(
+            asyncio.wait_for(_stamped(hub_call), SHARD_READ_TIMEOUT_S),
             *(
                 asyncio.wait_for(
                     self._fanned(
@@ -595,13 +601,9 @@ class Counter:
             ),
             return_exceptions=True,
         )
-        hub_unreachable = isinstance(reply, (*REDIS_ERRORS, TimeoutError)) and bool(self._last_hub)
-        if hub_unreachable:
-            reply = self._hub_estimate(floor_ms)
-        elif isinstance(reply, BaseException):
-            raise reply
-        else:
-            self._last_hub[:] = [(reply, _monotonic_ms())]
+        late_hub = isinstance(hub, (*REDIS_ERRORS, TimeoutError)) and bool(self._last_hub)
+        if isinstance(hub, BaseException) and not late_hub:
+            raise hub
         # A shard whose primary cannot be reached shows its last reading, so everyone
         # else's clicks keep moving the ticks (its own players get `unavailable`).
         parts, unreachable = [], 0
@@ -613,6 +615,13 @@ class Counter:
                 raise part
             self._last_parts[shard] = part
             parts.append(part)
+        if isinstance(hub, BaseException):
+            if unreachable == len(parts):
+                raise hub  # nothing answered: Redis is down for us, not one primary
+            reply, hub_unreachable = self._hub_estimate(floor_ms), True
+        else:
+            self._last_hub[:] = [hub]
+            reply, hub_unreachable = hub[0], False
         shard_globals = tuple(int(part[0]) for part in parts)
         self._shard_globals[:] = shard_globals
         return State(
@@ -631,12 +640,10 @@ class Counter:
         )
 
     def _hub_estimate(self, floor_ms: int) -> list[Any]:
-        """The hub's last state.lua reply, its clocks moved on by the time since on this host.
-
-        Losing the hub's primary then freezes the online count, not every tick: tick ids
-        stay monotonic (never below floor_ms) and within this host's clock drift of what
-        the other instances use, and the shards' counts keep moving.
-        """
+        """The hub's last state.lua reply, its clocks moved on by the time since it came."""
+        # Losing the hub's primary then freezes the online count, not every tick: tick ids
+        # stay monotonic (never below floor_ms) and within this host's clock drift of the
+        # other instances', and the shards' counts keep moving.
         last, read_ms = self._last_hub[0]
         elapsed = max(0, _monotonic_ms() - read_ms)
         reply = list(last)
@@ -708,16 +715,14 @@ class Counter:
         return int(total), entries
 
     async def _deep_page(self, offset: int, limit: int) -> tuple[int, int, list[tuple[str, int]]]:
-        """(players, rank of the first row, rows) of a page at any depth on several shards.
-
-        The count c of the row at `offset` is the least c that at most `offset` players
-        exceed: a bisection on c, each step one ZCOUNT per shard in one pipeline (about
-        log2 of the top count steps: 20 for a million clicks). Each shard is then read
-        from its own position of that row: past the players who count more than c, and
-        past its players with c that come before the row in shard order. The merge of
-        those reads is the page. Clicks between the steps shift a deep page by a row or
-        so, as they shift any page between two requests.
-        """
+        """(players, rank of the first row, rows) of a page at any depth on several shards."""
+        # The count c of the row at `offset` is the least c that at most `offset` players
+        # exceed: a bisection on c, each step one ZCOUNT per shard in one pipeline (about
+        # log2 of the top count steps: 20 for a million clicks). Each shard is then read
+        # from its own position of that row: past its players who count more than c, and
+        # past its players with c that come before the row in shard order; the merge of
+        # those reads is the page. Clicks between the steps shift a deep page by a row or
+        # so, as they shift any page between two requests.
         boards = [k.board for k in self.shards.all()]
 
         async def counting(low: int, high: float) -> list[int]:
@@ -730,7 +735,7 @@ class Counter:
         if offset >= total:
             return total, 0, []
         tops = await self._piped(boards, lambda pipe, b: pipe.zrevrange(b, 0, 0, withscores=True))
-        low, high = 0, max(int(top[0][1]) for top in tops if top)
+        low, high = 0, max((int(top[0][1]) for top in tops if top), default=0)
         while low < high:  # the least c with sum(more than c) <= offset
             middle = (low + high) // 2
             if sum(await counting(middle, float("inf"))) <= offset:

@@ -273,6 +273,45 @@ async def test_a_shard_that_cannot_be_reached_shows_its_last_reading(pair) -> No
         await fresh.state()
 
 
+async def test_a_hub_that_cannot_be_reached_shows_its_last_reading(pair) -> None:
+    _, four = pair
+    players = [await make_player(four, name) for name in NAMES[:16]]
+    for p in players:
+        await four.click(p, 2, NO_LIMIT)
+    await four.set_count(players[1].canon, 1500)  # the global passes 1,000: a milestone
+    before = await four.state()
+    real_hub, real_shard = four._state, four._shard_state
+
+    async def refused(*, keys: list[str], args: list[Any]) -> Any:
+        raise ConnectionError("Connection refused")
+
+    four._state = refused  # type: ignore[assignment]
+    await asyncio.sleep(0.05)
+    await four.click(players[0], 3, NO_LIMIT)
+    during = await four.state(floor_ms=before.clock_ms)
+    assert during.hub_unreachable and during.unreachable == 0
+    assert during.global_count == before.global_count + 3, "the shards' clicks still show"
+    assert during.online == before.online
+    # The clocks move on by this host's clock, and never below the caller's floor.
+    assert during.clock_ms >= before.clock_ms + 50 and during.server_ms >= before.server_ms + 50
+    pinned = await four.state(floor_ms=during.clock_ms + 10_000)
+    assert pinned.clock_ms == during.clock_ms + 10_000
+    assert await four.claim_global_milestone(pinned) == 0  # the claim lives on the hub
+    # Nothing answers: Redis is down for this instance, and the state says so.
+    four._shard_state = refused  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await four.state()
+    # A reader that never read the hub cannot make it up.
+    fresh = Counter(four.redis, four.shards)
+    fresh._state = refused  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        await fresh.state()
+    four._state, four._shard_state = real_hub, real_shard  # type: ignore[method-assign]
+    back = await four.state()
+    assert not back.hub_unreachable
+    assert await four.claim_global_milestone(back) == 1000
+
+
 async def test_sharding_a_redis_that_holds_unsharded_data_is_refused(redis, prefix) -> None:
     one = Counter(redis, Shards(prefix, 1))
     await one.mark_fresh()
