@@ -125,7 +125,6 @@ class ClickResult:
 class _Queued:
     """A click entry waiting for the next call of the click script."""
 
-    shard: int
     rate_key: str
     idempotency_key: str
     entry: tuple[str | int, ...]
@@ -338,7 +337,6 @@ class Counter:
         k = self.shards.shard(shard)
         self._queues.setdefault(shard, []).append(
             _Queued(
-                shard,
                 k.click_rate(player.canon),
                 k.idempotency(player.canon, click_id),
                 entry,
@@ -503,7 +501,7 @@ class Counter:
             keys=[k.names, k.board, k.global_count, k.dirty, k.epoch, k.nonces],
             args=[canon, count],
         )
-        return await self._admin_result(canon, reply, count)
+        return self._admin_result(canon, reply, count)
 
     async def delete(self, canon: str, nonce: str | None = None) -> AdminResult:
         """Delete the user (only the one holding `nonce`, if given); 404 when missing."""
@@ -524,9 +522,9 @@ class Counter:
             ],
             args=[canon, skeleton(canon)] + ([] if nonce is None else [nonce]),
         )
-        return await self._admin_result(canon, reply, 0)
+        return self._admin_result(canon, reply, 0)
 
-    async def _admin_result(self, canon: str, reply: list[Any], count: int) -> AdminResult:
+    def _admin_result(self, canon: str, reply: list[Any], count: int) -> AdminResult:
         """The script's answer; on several shards its global is the user's shard's, plus
         the other shards' as last read (the edit is done: no read may fail it now)."""
         outcome = as_text(reply[0])
