@@ -64,6 +64,7 @@ class Snapshotter:
         self._take_cut = load_script(redis, "take_cut")
         self._drop_cut = load_script(redis, "drop_cut")
         self._read_users = load_script(redis, "read_users")
+        self._counter = Counter(redis, shards)  # for deleting users again (reconcile)
         self._raise_generation = Script(
             redis,
             "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
@@ -334,9 +335,9 @@ class Snapshotter:
                 live[as_text(canon)] = as_text(nonce)
                 batches[shard].append(as_text(canon))
                 if len(live) >= CHUNK_USERS:
-                    await self._delete_dead(shard, live)
+                    await self._delete_dead(live)
                 await mark(shard)
-            await self._delete_dead(shard, live)
+            await self._delete_dead(live)
         cursor = ""
         while rows := await asyncio.to_thread(self.store.users_after, cursor, CHUNK_USERS):
             for row in rows:
@@ -356,15 +357,13 @@ class Snapshotter:
         self._written_breakdowns.clear()
         return marked
 
-    async def _delete_dead(self, shard: int, live: dict[str, str]) -> None:
-        """Delete the users among `live` (name -> nonce, of one shard) whose token SQL
-        knows is dead."""
+    async def _delete_dead(self, live: dict[str, str]) -> None:
+        """Delete the users among `live` (name -> nonce) whose token SQL knows is dead."""
         tombstones = await asyncio.to_thread(self.store.tombstones_of, sorted(live))
-        counter = Counter(self.redis, self.shards)
         for canon, nonce in sorted(tombstones):
             if live.get(canon) == nonce:
                 with contextlib.suppress(ApiError):  # gone or re-joined meanwhile
-                    await counter.delete(canon, nonce)
+                    await self._counter.delete(canon, nonce)
                 log.warning("deleted again: its deletion was in SQL", extra={"user": canon})
         live.clear()
 
