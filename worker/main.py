@@ -20,11 +20,11 @@ import pymysql
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service.activity import Feed
+from service.bootstrap import check_layout
 from service.connection import REDIS_ERRORS, connect_redis
 from service.counter import as_text
 from service.logs import configure_logging
 from service.settings import Settings
-from service.shards import LayoutMismatch
 from service.store import LayoutChanged, RedisWentBack, StaleFence, Store
 from worker.eviction import eviction_policy, refusal, unsafe
 from worker.export import ExportError, export_day, yesterday
@@ -324,14 +324,7 @@ async def run(settings: Settings) -> None:
         log.error("refusing to start: %s", refusal(policy or ""))
         await worker.redis.aclose()
         sys.exit(2)
-    try:
-        await worker.shards.check_layout(worker.redis)
-    except LayoutMismatch as exc:
-        log.error("refusing to start: %s", exc)
-        await worker.redis.aclose()
-        sys.exit(2)
-    except REDIS_ERRORS:
-        pass  # Redis is down: the instances check the layout before they serve
+    await check_layout(worker.shards, worker.redis)  # as the instances do: ends on a mismatch
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
