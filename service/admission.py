@@ -135,6 +135,8 @@ class LagProbe:
         return max(overdue, min(self.previous_lag_s, self.last_lag_s))
 
 
+# What a refused click is told (service/shedder.py sends it pre-formatted).
+CLICK_DETAIL = "This instance is too busy to count your click in time; it was not counted."
 _DETAILS = {
     "join": "This instance is too busy to take a join now; try again shortly.",
     "connect": "This instance is too busy to take a connection now; try again shortly.",
@@ -149,9 +151,7 @@ def retry_after_s(wait_s: float) -> float:
 def overloaded(reason: str, wait_s: float) -> ApiError:
     """The refusal: 503 `overloaded`, with a retry hint that grows with the wait."""
     retry = retry_after_s(wait_s)
-    detail = _DETAILS.get(
-        reason, "This instance is too busy to count your click in time; it was not counted."
-    )
+    detail = _DETAILS.get(reason, CLICK_DETAIL)
     return ApiError(503, "overloaded", detail, retry_after_s=retry)
 
 

@@ -30,6 +30,7 @@ under any other websocket implementation keep the ClickGate path alone.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 from websockets.frames import apply_mask
 from websockets.protocol import State
 
-from service.admission import Admission
+from service.admission import CLICK_DETAIL, Admission
 from service.fanout import SANSIO, text_frame
 
 # A Socket.IO EVENT on the default namespace named "click" and asking for an ack.
@@ -106,8 +107,7 @@ def ack_frame(ack_id: bytes, retry_ms: int) -> bytes:
 
 
 _ACK_BODY = (
-    b'[{"error":"overloaded","detail":"This instance is too busy to count your click in time;'
-    b' it was not counted.","retry_after_ms":'
+    b'[{"error":"overloaded","detail":%s,"retry_after_ms":' % json.dumps(CLICK_DETAIL).encode()
 )
 
 
