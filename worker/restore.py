@@ -132,10 +132,11 @@ class Restorer:
             *(self.redis.hsetnx(self.shards.shard(i).restore, "started_ms", now_ms) for i in lost)
         )
         await asyncio.gather(*(self._restore_counters(i, totals) for i in lost))
-        restored, pending = await self._restore_users(lost, still_leader)
-        if restored is None:
+        finished, pending = await self._restore_users(lost, still_leader)
+        restored = sum(pending.values())
+        if not finished:
             log.warning("lost the lease during a restore; the next leader resumes it")
-            return sum(pending.values())
+            return restored
         if not self.shards.sharded:
             await self._restore_hub(totals, set_epoch=False)  # its epoch is the shard's
         await self._restore_batch_ids(set(pending))
@@ -153,19 +154,18 @@ class Restorer:
 
     async def _restore_users(
         self, lost: list[int], still_leader: Callable[[], bool]
-    ) -> tuple[int | None, dict[int, int]]:
+    ) -> tuple[bool, dict[int, int]]:
         """Add SQL's users to their (lost) shards in batches: one pass over the users
         table whatever the number of shards lost.
 
         Each batch (the users after the lowest shard cursor) gives every shard the users
         that map to it beyond its own cursor, by compare-and-set on that cursor. Returns
-        (users restored, or None when the lease was lost; {shard still to finish: users
-        restored into it}).
+        (False when the lease was lost, {shard still to finish: users restored into it}).
         """
         pending = dict.fromkeys(lost, 0)
         while pending:
             if not still_leader():
-                return None, pending
+                return False, pending
             cursors = dict(
                 zip(
                     pending,
@@ -201,7 +201,7 @@ class Restorer:
                 else:
                     pending[i] += users
             log.info("restore progress", extra={"users": sum(pending.values())})
-        return sum(pending.values()), pending
+        return True, pending
 
     async def _apply(self, shard: int, cursor: str, end: str, users: list[UserRow]) -> int:
         """One shard's share of a batch; users added, 0 if another restorer moved the
