@@ -109,7 +109,7 @@ def _sentinel_client(url: str, retry: bool) -> Redis:
     password = unquote(parts.password) if parts.password else None
     hosts = []
     for item in netloc.split(","):
-        host, _, port = item.partition(":")
+        host, port = split_host_port(item)
         hosts.append((host, int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path:

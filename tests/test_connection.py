@@ -157,3 +157,13 @@ def test_every_kind_of_client_guards_its_writes(url: str) -> None:
     assert classes and all(issubclass(c, WriteGuard) for c in classes), classes
     if url.startswith("rediss"):
         assert "SSL" in classes[0].__name__  # the class the URL chose, guarded
+
+
+def test_sentinel_addresses_take_ipv6_literals_and_the_default_port() -> None:
+    client: Any = connect_redis("redis+sentinel://[::1]:26380,s2/mymaster")
+    sentinels = client.connection_pool.sentinel_manager.sentinels
+    addresses = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in sentinels
+    ]
+    assert addresses == [("::1", 26380), ("s2", 26379)]
